@@ -1,0 +1,180 @@
+"""mlworker settings: defaults in code, overridden by ``MLWORKER_*`` environment variables.
+
+Every field is documented in the README's configuration table; ``mlworker config`` prints
+the effective values (secrets redacted).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    """An XDG base directory (``$XDG_STATE_HOME`` etc.) with the usual fallback under ``~``."""
+    return Path(os.environ.get(var) or Path.home() / fallback) / "mlworker"
+
+
+class Settings(BaseSettings):
+    """Everything a worker, the CLI and the client read. Env prefix ``MLWORKER_``."""
+
+    model_config = SettingsConfigDict(env_prefix="MLWORKER_", env_file=None, extra="ignore")
+
+    # --- broker and results -------------------------------------------------------------
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Broker and result backend URL (redis:// or rediss://, password allowed). "
+        "Unset: the CLI starts a private redis-server on a free localhost port.",
+    )
+    result_url: SecretStr | None = Field(
+        None, description="Result backend URL when it differs from redis_url."
+    )
+    result_expires_s: int = Field(7 * 24 * 3600, description="How long results stay in Redis.")
+    visibility_timeout_s: int = Field(
+        7200,
+        description="Redis visibility timeout: an unacked job is redelivered after this long. "
+        "Must exceed the longest hard time limit.",
+    )
+
+    # --- paths --------------------------------------------------------------------------
+    input_root: Path = Field(
+        default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share") / "input",
+        description="The only directory audio_path / data_path may point into.",
+    )
+    output_root: Path = Field(
+        default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share") / "output",
+        description="Where AutoML model artifacts are written.",
+    )
+    state_dir: Path = Field(
+        default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state"),
+        description="Embedded redis-server data directory and pid files.",
+    )
+    model_cache_dir: Path = Field(
+        default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "models",
+        description="Joined bundled models and exported ONNX models.",
+    )
+
+    # --- worker processes -----------------------------------------------------------------
+    concurrency: int = Field(1, ge=1, description="Child processes per worker.")
+    threads_per_child: int = Field(
+        0, ge=0, description="torch/ctranslate2 threads per child; 0 = cores // concurrency."
+    )
+    preload: bool = Field(
+        True, description="Load models at child start (worker_process_init); false = lazy."
+    )
+    proc_alive_timeout_s: float = Field(
+        300.0, description="How long a child may take to start (model loads included)."
+    )
+    max_memory_per_child_mb: int = Field(
+        0, ge=0, description="Recycle a child after a job when its RSS exceeds this; 0 = never."
+    )
+    gc_every_n_jobs: int = Field(50, ge=1, description="gc + framework cache cleanup cadence.")
+    max_deliveries: int = Field(
+        3, ge=1, description="Deliveries before a job goes to the dead-letter queue."
+    )
+    shutdown_grace_s: float = Field(
+        60.0, description="SIGTERM: time for a running job or batch to finish."
+    )
+
+    # --- memory guard ---------------------------------------------------------------------
+    memory_soft_available_mb: int = Field(
+        1024, description="Below this much available system memory: lightweight mode."
+    )
+    memory_hard_available_mb: int = Field(
+        256, description="Below this much available system memory: do not start the job."
+    )
+    memory_soft_rss_mb: int = Field(
+        3072, description="Child RSS above this: lightweight mode / smaller batches."
+    )
+    memory_hard_rss_mb: int = Field(
+        6144, description="Child RSS above this: do not start; requeue and recycle the child."
+    )
+
+    # --- input limits ---------------------------------------------------------------------
+    max_b64_bytes: int = Field(
+        8 * 1024 * 1024, description="Largest decoded audio_b64 payload accepted."
+    )
+    max_text_chars: int = Field(100_000, description="Largest text accepted by extract_tags.")
+
+    # --- transcription --------------------------------------------------------------------
+    whisper_model: str = Field(
+        "bundled:whisper-base",
+        description="faster-whisper model: 'bundled:whisper-base', a local CTranslate2 dir, "
+        "or a hub size/name such as 'small' (needs a reachable hub).",
+    )
+    whisper_lightweight_model: str | None = Field(
+        None, description="Smaller model used by lightweight mode, if any."
+    )
+    whisper_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Inference device.")
+    whisper_compute_type: str = Field(
+        "auto", description="CTranslate2 compute type; auto = int8 on CPU, float16 on CUDA."
+    )
+    whisper_beam_size: int = Field(5, ge=1, description="Default beam size.")
+    whisper_min_duration_s: float = Field(0.0, ge=0, description="Shorter audio is rejected.")
+    whisper_max_duration_s: float = Field(1800.0, gt=0, description="Longest audio accepted.")
+    whisper_over_max: Literal["trim", "reject"] = Field(
+        "reject", description="Audio over the maximum: trim to it or reject the job."
+    )
+    transcribe_batch_size: int = Field(16, ge=1, description="Short clips grouped per flush.")
+    transcribe_flush_interval_s: float = Field(0.5, gt=0, description="Clip buffer flush time.")
+    transcribe_time_limit_s: int = Field(1800, description="Hard time limit per transcribe job.")
+
+    # --- tags -----------------------------------------------------------------------------
+    embedder_model: str = Field(
+        "bundled:all-MiniLM-L6-v2",
+        description="sentence-transformers model: 'bundled:all-MiniLM-L6-v2', a local dir, "
+        "or a hub name.",
+    )
+    embedder_backend: Literal["torch", "torch-fp16", "onnx", "onnx-int8"] = Field(
+        "torch", description="Embedder backend (torch-fp16 needs CUDA; on CPU it stays FP32)."
+    )
+    embedder_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device.")
+    tags_batch_size: int = Field(64, ge=1, description="Documents grouped per flush.")
+    tags_flush_interval_s: float = Field(0.2, gt=0, description="Tag buffer flush time.")
+    tags_time_limit_s: int = Field(300, description="Hard time limit per tag batch.")
+
+    # --- automl ---------------------------------------------------------------------------
+    automl_memory_budget_mb: int = Field(
+        4096, ge=64, description="Memory an AutoML job plans to stay under."
+    )
+    automl_n_jobs: int = Field(1, ge=1, description="joblib workers for model search.")
+    automl_time_limit_s: int = Field(3600, description="Hard time limit per AutoML job.")
+
+    # --- flower ---------------------------------------------------------------------------
+    flower_address: str = Field("127.0.0.1", description="Flower bind address.")
+    flower_port: int = Field(5555, description="Flower port.")
+    flower_basic_auth: SecretStr | None = Field(
+        None, description="'user:password' for Flower; required off loopback."
+    )
+
+    @field_validator("input_root", "output_root", "state_dir", "model_cache_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    def broker_url(self) -> str | None:
+        """The configured broker URL, or None when an embedded server is to be started."""
+        return self.redis_url.get_secret_value() if self.redis_url else None
+
+    def backend_url(self) -> str | None:
+        """The result backend URL (defaults to the broker URL)."""
+        if self.result_url:
+            return self.result_url.get_secret_value()
+        return self.broker_url()
+
+    def child_threads(self) -> int:
+        """Threads one child may use so that all children together fit the cores."""
+        if self.threads_per_child:
+            return self.threads_per_child
+        return max(1, (os.cpu_count() or 1) // self.concurrency)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once; tests call ``get_settings.cache_clear()``)."""
+    return Settings()

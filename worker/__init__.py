@@ -1,0 +1,1 @@
+"""mlworker runtime: the Celery app, model registry, memory guard, batching and the CLI."""

@@ -1,0 +1,5 @@
+"""The ``mlworker`` command line."""
+
+from worker.cli.main import main
+
+__all__ = ["main"]
