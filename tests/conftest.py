@@ -60,11 +60,13 @@ def worker_env(redis_server: EmbeddedRedis, stack_dirs: dict[str, Path]) -> dict
 @pytest.fixture(scope="session")
 def client_app(worker_env: dict[str, str]) -> Iterator[Celery]:
     """A Celery client configured exactly as an app would be (same settings, same routes)."""
-    settings = Settings(**{  # type: ignore[arg-type]
-        k.removeprefix("MLWORKER_").lower(): v
-        for k, v in worker_env.items()
-        if k.startswith("MLWORKER_")
-    })
+    settings = Settings(
+        **{  # type: ignore[arg-type]
+            k.removeprefix("MLWORKER_").lower(): v
+            for k, v in worker_env.items()
+            if k.startswith("MLWORKER_")
+        }
+    )
     app = build_app(settings)
     yield app
     app.close()

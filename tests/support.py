@@ -49,7 +49,8 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited {self.process.returncode}:\n{self.log()[-4000:]}")
+                code = self.process.returncode
+                raise RuntimeError(f"worker exited {code}:\n{self.log()[-4000:]}")
             ready_children = self.log().count("mlworker child ready")
             if ready_children >= self.concurrency and app.control.ping(
                 destination=[self.hostname], timeout=0.5

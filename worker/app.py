@@ -8,7 +8,7 @@ lost worker, a visibility timeout above the longest time limit.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from config import Settings, get_settings
 

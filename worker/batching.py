@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from celery import states
 from celery_batches import Batches, SimpleRequest
 
-from worker.errors import JobError
+from worker.errors import InsufficientMemory, JobError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
         valid: list[tuple[SimpleRequest, Item]] = []
         for request in requests:
             try:
+                self.check_delivery(request)
                 if request.args:
                     raise JobError("positional arguments are not accepted; send kwargs")
                 valid.append((request, self.parse(dict(request.kwargs or {}))))
@@ -70,6 +71,17 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
         limit = max(1, self.batch_limit())
         for start in range(0, len(valid), limit):
             self._run_isolated(valid[start : start + limit])
+
+    def check_delivery(self, request: SimpleRequest) -> None:
+        """Dead-letter a request that has been started too often (it kills its worker)."""
+        from config import get_settings
+        from worker.delivery import count_delivery, dead_letter
+
+        deliveries = count_delivery(self.app, request.id)
+        limit = get_settings().max_deliveries
+        if deliveries > limit:
+            reason = f"started {deliveries - 1} times without finishing (limit {limit})"
+            raise dead_letter(self.app, self.name, request.id, dict(request.kwargs or {}), reason)
 
     def _run_isolated(self, group: Sequence[tuple[SimpleRequest, Item]]) -> None:
         """Run ``group`` as one call; on failure bisect until the failing request is alone."""
@@ -82,6 +94,8 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
                 raise RuntimeError(f"run_items returned {len(results)} results for {len(group)}")
         except Exception as exc:  # noqa: BLE001 - isolate, then fail only the culprit
             if len(group) == 1:
+                if isinstance(exc, MemoryError):
+                    exc = InsufficientMemory(f"out of memory even for one request: {exc}")
                 self.store_failure(group[0][0], exc)
                 return
             log.warning("batch of %d failed (%r); splitting", len(group), exc)

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from celery import Task
 
-from worker.errors import JobError
+from config import get_settings
+from worker.errors import InsufficientMemory, JobError
 from worker.registry import registry
 
 Mode = Literal["normal", "lightweight"]
@@ -28,6 +29,26 @@ class MLTask(Task):  # type: ignore[misc]
     throws = (JobError,)
     max_retries = 0
     typing = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Count the delivery (dead-letter past the limit) and keep MemoryError in the job.
+
+        A MemoryError that escapes a task makes the worker parent re-raise it
+        (celery.worker.request.on_failure), so it becomes ``InsufficientMemory`` here.
+        """
+        from worker.delivery import count_delivery, dead_letter
+
+        request = self.request
+        if request.id and not request.is_eager:
+            deliveries = count_delivery(self.app, request.id)
+            limit = get_settings().max_deliveries
+            if deliveries > limit:
+                reason = f"started {deliveries - 1} times without finishing (limit {limit})"
+                raise dead_letter(self.app, self.name, request.id, dict(kwargs), reason)
+        try:
+            return super().__call__(*args, **kwargs)
+        except MemoryError as exc:
+            raise InsufficientMemory(f"out of memory even in lightweight mode: {exc}") from exc
 
 
 def envelope(

@@ -82,7 +82,8 @@ class ModelRegistry:
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(f"no model registered as {name!r}; have {sorted(self._entries)}") from None
+            known = sorted(self._entries)
+            raise KeyError(f"no model registered as {name!r}; have {known}") from None
 
     def _reset_after_fork(self) -> None:
         """A forked child must not reuse the parent's loaded objects or locks."""

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
-import sys
+import time
 import uuid
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from config import get_settings
 from worker.cli.broker import URL_ENV, resolve_url
+from worker.cli.dead import dead
+from worker.cli.jobs import submit
 
 cli = typer.Typer(help="Celery job workers for ML.", no_args_is_help=True, add_completion=False)
+cli.add_typer(submit, name="submit")
+cli.add_typer(dead, name="dead")
 
 QueuesOption = Annotated[
     str, typer.Option("--queues", "-Q", help="Comma-separated queues: transcribe,tags,automl.")
@@ -71,9 +77,78 @@ def worker(
     app.worker_main(argv=argv)
 
 
+@cli.command()
+def up(
+    queues: QueuesOption = "transcribe,tags,automl",
+    flower: Annotated[bool, typer.Option(help="Start Flower too.")] = True,
+    log_dir: Annotated[Path | None, typer.Option(help="Write child logs here.")] = None,
+) -> None:
+    """Run the local stack: Redis (embedded unless configured), a worker per queue, Flower.
+
+    Ctrl-C (or SIGTERM) stops every process it started, the redis-server last.
+    """
+    from worker.cli.stack import local_stack
+
+    settings = get_settings()
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    if log_dir:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with local_stack(settings) as stack:
+            typer.echo(f"broker {_redact(stack.url)}", err=True)
+            for queue in names:
+                stack.start_worker(queue, log_dir, {})
+            if flower:
+                stack.start_flower(log_dir)
+                typer.echo(
+                    f"flower http://{settings.flower_address}:{settings.flower_port}", err=True
+                )
+            typer.echo("up; Ctrl-C stops everything", err=True)
+            while not stack.dead():
+                time.sleep(0.5)
+            for child in stack.dead():
+                typer.echo(f"{child.name} exited with {child.process.returncode}", err=True)
+            raise typer.Exit(1)
+    except KeyboardInterrupt:
+        typer.echo("stopped", err=True)
+
+
+@cli.command()
+def status(job_id: Annotated[str | None, typer.Argument()] = None) -> None:
+    """One job's state and result, or (no JOB_ID) queue depths and workers."""
+    from worker.cli.jobs import show_job, show_queues
+
+    if job_id:
+        show_job(job_id)
+    else:
+        show_queues()
+
+
+@cli.command()
+def demo(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for all jobs.")] = 600.0,
+) -> None:
+    """Start a private stack, run one job of every family on bundled samples, print, stop."""
+    from worker.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(timeout))
+
+
+@cli.command("config")
+def show_config() -> None:
+    """The effective settings (secrets redacted)."""
+    for name, value in get_settings().model_dump().items():
+        typer.echo(f"{name} = {_redact(str(value))}")
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL (redis://:secret@host -> redis://:***@host)."""
+    return re.sub(r"(://[^:/@]*:)[^@]+@", r"\1***@", url)
+
+
 def main() -> None:
     cli(prog_name="mlworker")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
