@@ -100,7 +100,8 @@ class MLClient:
     def submit(self, task: str, kwargs: dict[str, Any], job_id: str | None = None) -> Job:
         """Send ``task`` with JSON ``kwargs``. A ``job_id`` seen before returns that job."""
         if job_id is not None:
-            ttl = int(self.app.conf.result_expires.total_seconds())
+            expires = self.app.conf.result_expires
+            ttl = int(getattr(expires, "total_seconds", lambda: expires)())
             with self.app.connection_for_write() as conn:
                 client = conn.default_channel.client
                 if not client.set(JOB_KEY + job_id, task, nx=True, ex=ttl):

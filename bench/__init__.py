@@ -1,0 +1,1 @@
+"""Benchmarks and measurements (not tests: they print figures and never fail on timing)."""
