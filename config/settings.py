@@ -123,6 +123,20 @@ class Settings(BaseSettings):
     transcribe_batch_size: int = Field(16, ge=1, description="Short clips grouped per flush.")
     transcribe_flush_interval_s: float = Field(0.5, gt=0, description="Clip buffer flush time.")
     transcribe_time_limit_s: int = Field(1800, description="Hard time limit per transcribe job.")
+    whisper_batched: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="faster-whisper's BatchedInferencePipeline for long audio and grouped short "
+        "clips; auto = on with CUDA, off on CPU (slower there, see README measurements).",
+    )
+    whisper_batched_chunks: int = Field(
+        8, ge=1, description="30 s chunks per BatchedInferencePipeline call (long audio)."
+    )
+    transcribe_test_reserve_mb: int = Field(
+        0,
+        ge=0,
+        description="Test hook: the normal path allocates this much before the model call, so "
+        "a huge value raises a real MemoryError there; 0 = off.",
+    )
 
     # --- tags -----------------------------------------------------------------------------
     embedder_model: str = Field(
@@ -144,12 +158,35 @@ class Settings(BaseSettings):
     )
     automl_n_jobs: int = Field(1, ge=1, description="joblib workers for model search.")
     automl_time_limit_s: int = Field(3600, description="Hard time limit per AutoML job.")
+    automl_address_space_headroom_mb: int = Field(
+        0,
+        ge=0,
+        description="Cap a job's virtual memory (RLIMIT_AS) at its size at job start plus this "
+        "many MB, so an over-large plan raises MemoryError (and falls back to lightweight) "
+        "instead of meeting the OOM killer; 0 = no cap.",
+    )
+    automl_max_inline_predictions: int = Field(
+        10_000,
+        ge=0,
+        description="automl_predict returns up to this many predictions inline; more are "
+        "written to a CSV under the output root.",
+    )
 
     # --- flower ---------------------------------------------------------------------------
     flower_address: str = Field("127.0.0.1", description="Flower bind address.")
     flower_port: int = Field(5555, description="Flower port.")
     flower_basic_auth: SecretStr | None = Field(
         None, description="'user:password' for Flower; required off loopback."
+    )
+
+    # --- operations -----------------------------------------------------------------------
+    metrics_address: str = Field("127.0.0.1", description="`mlworker metrics` bind address.")
+    metrics_port: int = Field(9808, description="`mlworker metrics` port (Prometheus scrape).")
+    metrics_enabled: bool = Field(
+        True, description="Workers record job, batch and model-load metrics into Redis."
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Worker log lines: auto = JSON when stderr is not a terminal."
     )
 
     @field_validator("input_root", "output_root", "state_dir", "model_cache_dir")

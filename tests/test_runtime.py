@@ -70,6 +70,22 @@ def test_submit_wait_through_the_cli(
     assert {"tag", "score"} <= set(result["tags"][0])
 
 
+def test_status_shows_queues_and_worker_children(
+    tags_worker: WorkerProcess, worker_env: dict[str, str]
+) -> None:
+    """`mlworker status` lists every queue and each tags child with its model and RSS."""
+    out = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "status"],
+        env={**worker_env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    for queue in ("transcribe", "tags", "automl", "dead_letter"):
+        assert queue in out.stdout
+    for child in tags_worker.children():
+        assert str(child.pid) in out.stdout
+    assert "embedder" in out.stdout
+
+
 def test_resubmitting_a_job_id_returns_the_same_job(
     tags_worker: WorkerProcess, client_app: Celery
 ) -> None:
@@ -92,6 +108,7 @@ def test_up_then_sigint_leaves_no_process_behind(tmp_path: Path) -> None:
     env.update(
         MLWORKER_STATE_DIR=str(tmp_path / "state"),
         MLWORKER_FLOWER_PORT=str(_free_port()),
+        MLWORKER_METRICS_PORT=str(_free_port()),
         MLWORKER_MODEL_CACHE_DIR=str(Path.cwd() / ".state" / "cache"),
         HF_HUB_OFFLINE="1",
     )
@@ -116,7 +133,8 @@ def test_up_then_sigint_leaves_no_process_behind(tmp_path: Path) -> None:
             pytest.fail("stack did not come up")
         procs = _descendants(up.pid)
         names = " ".join(" ".join(p.cmdline()) for p in procs)
-        assert "redis-server" in names and "flower" in names and "worker" in names
+        assert "redis-server" in names and "flower" in names and "metrics" in names
+        assert "worker --queues tags" in names
         up.send_signal(signal.SIGINT)
         assert up.wait(90) == 0
         gone, alive = psutil.wait_procs(procs, timeout=10)

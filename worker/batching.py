@@ -30,7 +30,10 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
     """A batch task whose requests each get their own stored result or failure.
 
     Subclasses implement ``parse`` (kwargs -> typed item, raising ``InvalidInput``) and
-    ``run_items`` (items -> one JSON-able result per item, in order).
+    ``run_items`` (items -> one JSON-able result per item, in order). ``run_items`` may put a
+    ``JobError`` in an item's place to fail that request alone (e.g. its file did not decode)
+    without re-running its batch-mates; ``group_requests`` holds the requests behind the
+    items being run, in order, for per-request progress.
     """
 
     abstract = True
@@ -41,12 +44,18 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
     def parse(self, kwargs: dict[str, Any]) -> Item:
         raise NotImplementedError
 
-    def run_items(self, items: Sequence[Item]) -> list[dict[str, Any]]:
+    def run_items(self, items: Sequence[Item]) -> Sequence[dict[str, Any] | JobError]:
         raise NotImplementedError
 
+    group_requests: Sequence[SimpleRequest] = ()
+
     def batch_limit(self) -> int:
-        """Largest group handed to ``run_items`` at once (the memory guard may shrink it)."""
-        return len(self._buffer.queue) or 1_000_000
+        """Largest group handed to ``run_items`` at once; subclasses let the memory guard shrink it.
+
+        Not the buffer length: ``run`` executes in a pool child, whose copy of the task's
+        buffer is always empty (the buffer lives in the consumer process).
+        """
+        return max(1, int(self.flush_every))
 
     # celery-batches calls run() with the list of requests in the pool child.
     def run(self, requests: list[SimpleRequest]) -> None:  # type: ignore[override]
@@ -88,6 +97,7 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
         if not group:
             return
         started = time.perf_counter()
+        self.group_requests = [request for request, _ in group]
         try:
             results = self.run_items([item for _, item in group])
             if len(results) != len(group):
@@ -105,6 +115,9 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
             return
         elapsed = time.perf_counter() - started
         for (request, _), result in zip(group, results, strict=True):
+            if isinstance(result, JobError):
+                self.store_failure(request, result)
+                continue
             result.setdefault("batch", {"size": len(group), "elapsed_s": round(elapsed, 4)})
             self.store_success(request, result)
 

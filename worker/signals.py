@@ -35,3 +35,7 @@ def _init_child(**_: Any) -> None:
         log.info("preloading %s for queues %s", names, sorted(consumed_queues))
         registry.preload(names)
     log.info("mlworker child ready pid=%d models=%s", os.getpid(), registry.loaded_names())
+
+
+import worker.logs  # noqa: E402,F401  (JSON log lines when not a terminal, secrets redacted)
+import worker.telemetry  # noqa: E402,F401  (one log line and metrics per job, model loads, RSS)

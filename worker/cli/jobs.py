@@ -120,21 +120,30 @@ def show_job(job_id: str) -> None:
 
 
 def show_queues() -> None:
-    """Queue depths and live workers with their loaded models."""
+    """Queue depths, then each live worker child with its queues, models and RSS."""
     from worker.app import DEAD_LETTER_QUEUE, FAMILY_QUEUES
+    from worker.cli.main import require_broker
+    from worker.metrics import UNACKED_KEY, MetricsStore
 
-    client = _client()
-    table = Table("queue", "depth")
-    with client.app.connection_for_read() as conn:
-        redis_client = conn.default_channel.client
-        for queue in (*FAMILY_QUEUES, DEAD_LETTER_QUEUE):
-            table.add_row(queue, str(redis_client.llen(queue)))
-    Console().print(table)
-    replies = client.app.control.inspect(timeout=1.0).active_queues() or {}
-    workers = Table("worker", "queues")
-    for node, queues in sorted(replies.items()):
-        workers.add_row(node, ",".join(q["name"] for q in queues))
-    Console().print(workers)
+    store = MetricsStore.from_url(require_broker())
+    depths = store.queue_depths([*FAMILY_QUEUES, DEAD_LETTER_QUEUE])
+    table = Table("queue", "waiting")
+    for queue in (*FAMILY_QUEUES, DEAD_LETTER_QUEUE):
+        table.add_row(queue, str(depths[queue]))
+    table.add_row("(unacked: prefetched, buffered or running)", str(depths[UNACKED_KEY]))
+    out = Console()
+    out.print(table)
+    workers = Table("worker", "pid", "queues", "models", "RSS MB")
+    for proc in sorted(store.processes(), key=lambda p: (p.get("node", ""), p.get("pid", ""))):
+        rss_mb = int(proc.get("rss_bytes", "0")) / (1024 * 1024)
+        workers.add_row(
+            proc.get("node", "?"),
+            proc.get("pid", "?"),
+            proc.get("queues", ""),
+            proc.get("models", ""),
+            f"{rss_mb:.0f}",
+        )
+    out.print(workers)
 
 
 def _jsonable(value: Any) -> Any:

@@ -16,10 +16,12 @@ from config import get_settings
 from worker.cli.broker import URL_ENV, resolve_url
 from worker.cli.dead import dead
 from worker.cli.jobs import submit
+from worker.cli.ops import metrics
 
 cli = typer.Typer(help="Celery job workers for ML.", no_args_is_help=True, add_completion=False)
 cli.add_typer(submit, name="submit")
 cli.add_typer(dead, name="dead")
+cli.command()(metrics)
 
 QueuesOption = Annotated[
     str, typer.Option("--queues", "-Q", help="Comma-separated queues: transcribe,tags,automl.")
@@ -81,9 +83,11 @@ def worker(
 def up(
     queues: QueuesOption = "transcribe,tags,automl",
     flower: Annotated[bool, typer.Option(help="Start Flower too.")] = True,
+    metrics: Annotated[bool, typer.Option(help="Start the Prometheus exporter too.")] = True,
     log_dir: Annotated[Path | None, typer.Option(help="Write child logs here.")] = None,
 ) -> None:
-    """Run the local stack: Redis (embedded unless configured), a worker per queue, Flower.
+    """Run the local stack: Redis (embedded unless configured), a worker per queue, Flower
+    and the metrics exporter.
 
     Ctrl-C (or SIGTERM) stops every process it started, the redis-server last.
     """
@@ -102,6 +106,12 @@ def up(
                 stack.start_flower(log_dir)
                 typer.echo(
                     f"flower http://{settings.flower_address}:{settings.flower_port}", err=True
+                )
+            if metrics:
+                stack.start_metrics(log_dir)
+                typer.echo(
+                    f"metrics http://{settings.metrics_address}:{settings.metrics_port}/metrics",
+                    err=True,
                 )
             typer.echo("up; Ctrl-C stops everything", err=True)
             while not stack.dead():

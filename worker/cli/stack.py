@@ -72,6 +72,10 @@ class LocalStack:
             argv.append(f"--basic-auth={auth}")
         return self.spawn("flower", argv, log_dir, {})
 
+    def start_metrics(self, log_dir: Path | None) -> Child:
+        argv = [sys.executable, "-m", "worker.cli", "metrics"]
+        return self.spawn("metrics", argv, log_dir, {})
+
     def dead(self) -> list[Child]:
         return [c for c in self.children if c.process.poll() is not None]
 

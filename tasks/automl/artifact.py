@@ -1,0 +1,84 @@
+"""The saved model: everything ``predict`` needs, written with joblib under the output root.
+
+joblib files are pickles, and loading a pickle runs code, so ``load_artifact`` only opens
+files inside the configured output root, which only workers write.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from tasks.automl.features import EngineeredFeatures
+from tasks.automl.prepare import Encoder
+from worker.errors import InvalidInput, UnreadableInput
+from worker.paths import confined_path
+
+#: bumped when the saved layout changes; older files are refused with a clear error
+ARTIFACT_VERSION = 1
+ARTIFACT_FILE = "model.joblib"
+
+
+@dataclass
+class Artifact:
+    """Encoder, engineered features and estimator of one finished job."""
+
+    task_type: str
+    target: str
+    encoder: Encoder
+    features: EngineeredFeatures
+    estimator: Any
+    classes: list[Any] | None
+    version: int = ARTIFACT_VERSION
+
+    @property
+    def input_columns(self) -> list[str]:
+        return list(self.encoder.columns)
+
+    def predict(self, frame: pd.DataFrame) -> list[Any]:
+        """Predictions for ``frame`` (which must hold the training's feature columns)."""
+        missing = [c for c in self.input_columns if c not in frame.columns]
+        if missing:
+            raise InvalidInput(
+                "data_path", f"columns {missing} the model was trained on are missing"
+            )
+        matrix = self.features.transform(self.encoder.transform(frame[self.input_columns]))
+        predicted = np.asarray(self.estimator.predict(matrix))
+        if self.classes is None:
+            return [float(v) for v in predicted]
+        return [self.classes[int(i)] for i in predicted]
+
+
+def save_artifact(artifact: Artifact, output_root: Path, name: str) -> Path:
+    """Write atomically to ``output_root/automl/<name>/model.joblib`` (a rerun replaces it)."""
+    directory = output_root / "automl" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / ARTIFACT_FILE
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".model-", suffix=".tmp")
+    os.close(handle)
+    try:
+        joblib.dump(artifact, temporary, compress=3)
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return target
+
+
+def load_artifact(raw_path: object, output_root: Path) -> Artifact:
+    """Load a model saved by ``save_artifact``; refuses paths outside ``output_root``."""
+    path = confined_path("model_path", raw_path, output_root)
+    try:
+        artifact = joblib.load(path)
+    except Exception as exc:  # any unpickling failure means the file is not ours
+        raise UnreadableInput("model_path", f"{path.name} is not an AutoML model: {exc}") from None
+    if not isinstance(artifact, Artifact) or artifact.version != ARTIFACT_VERSION:
+        raise UnreadableInput("model_path", f"{path.name} is not a current AutoML model")
+    return artifact

@@ -1,0 +1,203 @@
+"""Pick autofeat and model settings from the data's size and the job's memory budget.
+
+autofeat's ``max_gb`` only subsamples rows against ``rows * generated_features * 4 bytes`` and
+its own docs warn that intermediates take more (autofeat#24 generated 550k features from 501
+rows). So the plan bounds the three things that drive memory and time directly: how many
+columns feed feature engineering, how many features that can generate, and how many rows
+autofeat and the models see. The memory model below was fitted on measurements (see
+``FEATENG_*``); the plan's estimate is what the job compares with its budget before it starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from autofeat.feateng import n_cols_generated
+
+from tasks.automl.options import Mode
+
+MB = 1024 * 1024
+
+#: fixed cost of one two-step autofeat fit (numba/LLVM compiles, sympy): ~130 MB, fitted to
+#: 5k and 20k rows x 903 generated features (peak RSS 263 MB and 679 MB above baseline)
+FEATENG_FIXED_MB = 130.0
+#: one step compiles no combinations: 300 rows x 28 features peaked 66 MB above baseline
+FEATENG_FIXED_ONE_STEP_MB = 66.0
+#: bytes per generated cell at peak, as a multiple of autofeat's 4-byte estimate: the same two
+#: runs grew 8x faster than rows * features * 4 (join copies, scaled copy, LassoLarsCV float64)
+FEATENG_COPIES = 8.0
+#: model search holds the float32 matrix, a float64 copy per fit and the CV fold views
+MODEL_COPIES = 4.0
+#: share of the free budget the loaded frame may take; the remaining 3/4 covers the matrix
+#: copies above (a frame over a quarter of the budget cannot be trained on without sampling)
+LOAD_SHARE = 0.25
+#: forests cost rows x trees time: 200 trees on 32k rows took ~4 min of CV on 2 cores, so
+#: beyond this gradient boosting (binned, early-stopped) is the only tree model planned
+FOREST_MAX_ROWS = 20_000
+#: fewer rows than this for autofeat and its 5-fold LassoLarsCV selection is guesswork
+MIN_FEATENG_ROWS = 50
+
+
+@dataclass(frozen=True)
+class Tier:
+    """Limits for one mode. Normal fits diabetes-sized tables in seconds on 2 cores."""
+
+    feateng_steps: int
+    featsel_runs: int
+    transformations: tuple[str, ...]
+    #: columns feeding feature engineering (the most target-correlated are chosen)
+    max_feateng_cols: int
+    #: features autofeat may generate (``n_cols_generated``); bounds featsel time and memory
+    max_generated: int
+    #: the same for classification, whose L1 logistic selection (saga) is ~10x slower per
+    #: feature: wine with 300 candidates took 57 s on 2 cores, with 78 a few seconds
+    max_generated_classification: int
+    #: rows autofeat fits on; formulas found on a sample transfer to all rows (20k x 300
+    #: features measured ~310 MB and ~10 s on 2 cores)
+    max_feateng_rows: int
+    #: rows the model search trains on
+    max_model_rows: int
+    n_estimators: int
+    candidates: tuple[str, ...]
+
+
+NORMAL = Tier(
+    feateng_steps=2,
+    featsel_runs=2,
+    transformations=("1/", "log", "sqrt", "^2"),
+    max_feateng_cols=8,
+    max_generated=300,
+    max_generated_classification=80,
+    max_feateng_rows=20_000,
+    max_model_rows=1_000_000,
+    n_estimators=200,
+    candidates=("linear", "random_forest", "gradient_boosting"),
+)
+LIGHTWEIGHT = Tier(
+    feateng_steps=1,
+    featsel_runs=1,
+    transformations=("log", "sqrt", "^2"),
+    max_feateng_cols=5,
+    max_generated=20,
+    max_generated_classification=20,
+    max_feateng_rows=2_000,
+    max_model_rows=200_000,
+    n_estimators=50,
+    candidates=("linear", "gradient_boosting"),
+)
+TIERS: dict[Mode, Tier] = {"normal": NORMAL, "lightweight": LIGHTWEIGHT}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Settings for one attempt, with the peak it is expected to reach."""
+
+    mode: Mode
+    feateng_steps: int
+    featsel_runs: int
+    transformations: tuple[str, ...]
+    feateng_cols: int
+    feateng_rows: int
+    max_gb: float
+    max_generated: int
+    model_rows: int
+    candidates: tuple[str, ...]
+    n_estimators: int
+    n_jobs: int
+    estimated_peak_mb: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_rows(bytes_per_row: float, budget_mb: float, baseline_mb: float) -> int:
+    """Most rows worth loading: the shrunk frame may take ``LOAD_SHARE`` of the free budget."""
+    free = max(budget_mb - baseline_mb, 0.0) * MB
+    return max(1, int(free * LOAD_SHARE / max(bytes_per_row, 1.0)))
+
+
+def plan_job(
+    *,
+    mode: Mode,
+    task_type: str,
+    rows: int,
+    features: int,
+    budget_mb: float,
+    baseline_mb: float,
+    n_jobs: int,
+) -> Plan:
+    """The ``mode`` tier shrunk until its estimated peak fits ``budget_mb``.
+
+    Args:
+        mode: which tier's limits to start from.
+        task_type: "regression" or "classification" (selection cost differs).
+        rows: training rows available.
+        features: numeric feature columns after encoding.
+        budget_mb: what the whole process may reach (RSS).
+        baseline_mb: RSS before the job (interpreter, libraries, loaded frame).
+        n_jobs: joblib workers allowed by the worker's settings.
+    """
+    tier = TIERS[mode]
+    steps = tier.feateng_steps
+    cols = min(features, tier.max_feateng_cols)
+    n_trans = len(tier.transformations)
+    limit = tier.max_generated
+    if task_type == "classification":
+        limit = tier.max_generated_classification
+    while cols > 1 and n_cols_generated(cols, steps, n_trans) > limit:
+        cols -= 1
+    generated = n_cols_generated(max(cols, 1), steps, n_trans)
+    free_mb = max(budget_mb - baseline_mb, 1.0)
+    feateng_rows = min(
+        rows, tier.max_feateng_rows, _feateng_rows_fitting(free_mb, generated, steps)
+    )
+    final_features = features + generated  # upper bound: originals plus every new feature
+    model_rows = min(rows, tier.max_model_rows, _model_rows_fitting(free_mb, final_features))
+    feateng_mb = _feateng_mb(feateng_rows, generated, steps)
+    model_mb = model_rows * final_features * 4 * MODEL_COPIES / MB
+    estimated = baseline_mb + max(feateng_mb, model_mb)
+    if feateng_rows < min(rows, MIN_FEATENG_ROWS) or model_rows < min(rows, MIN_FEATENG_ROWS):
+        estimated = math.inf  # the budget leaves too few rows to learn anything
+    candidates = tier.candidates
+    if model_rows > FOREST_MAX_ROWS:
+        candidates = tuple(c for c in candidates if c != "random_forest")
+    return Plan(
+        mode=mode,
+        feateng_steps=steps,
+        featsel_runs=tier.featsel_runs,
+        transformations=tier.transformations,
+        feateng_cols=cols,
+        feateng_rows=max(feateng_rows, 1),
+        # autofeat's own guard, set to our share so it never subsamples behind our back
+        max_gb=round(max(feateng_rows * generated * 4 / 1e9, 0.001), 3),
+        max_generated=generated,
+        model_rows=max(model_rows, 1),
+        candidates=candidates,
+        n_estimators=tier.n_estimators,
+        n_jobs=n_jobs if mode == "normal" else 1,
+        estimated_peak_mb=round(estimated, 1),
+    )
+
+
+def _fixed_mb(steps: int) -> float:
+    return FEATENG_FIXED_ONE_STEP_MB if steps == 1 else FEATENG_FIXED_MB
+
+
+def _feateng_mb(rows: int, generated: int, steps: int) -> float:
+    return _fixed_mb(steps) + rows * generated * 4 * FEATENG_COPIES / MB
+
+
+def _feateng_rows_fitting(free_mb: float, generated: int, steps: int) -> int:
+    room = (free_mb - _fixed_mb(steps)) * MB
+    return max(int(room / (generated * 4 * FEATENG_COPIES)), 0) if room > 0 else 0
+
+
+def _model_rows_fitting(free_mb: float, final_features: int) -> int:
+    return max(int(free_mb * MB / (final_features * 4 * MODEL_COPIES)), 0)
+
+
+def fits(plan: Plan, budget_mb: float) -> bool:
+    """Whether the plan's estimate stays inside the budget (with no rows left, it cannot)."""
+    return math.isfinite(plan.estimated_peak_mb) and plan.estimated_peak_mb <= budget_mb

@@ -1,0 +1,1 @@
+"""Tag extraction: KeyBERT-style keyphrases over a preloaded sentence-transformer."""

@@ -1,0 +1,69 @@
+"""Tag many documents at once, each exactly as if it were alone. Imports nothing from Celery.
+
+Three steps: cut candidates per document (``candidates_for``), embed the union of documents
+and distinct candidates once (``embed_distinct``: deduplicated, bit-identical per text), then
+rank each document's own candidates against its own vector, by cosine similarity or by
+KeyBERT's MMR when ``diversity`` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import chain
+
+import numpy as np
+from keybert._mmr import mmr
+
+from tasks.tags.candidates import Candidates, candidates_for
+from tasks.tags.embedder import TextEncoder, Vector, embed_distinct
+from tasks.tags.options import Tag, TagOptions, TagResult
+
+#: decimals kept in a score (KeyBERT rounds to 4 as well)
+SCORE_DECIMALS = 4
+
+
+def extract_tags(
+    docs: Sequence[str],
+    options: TagOptions | Sequence[TagOptions],
+    *,
+    encoder: TextEncoder,
+) -> list[TagResult]:
+    """Tags for each of ``docs``, in order.
+
+    Args:
+        docs: the documents.
+        options: one ``TagOptions`` for all documents, or one per document.
+        encoder: the loaded embedding model (``registry.get("embedder").model``).
+    """
+    per_doc = [options] * len(docs) if isinstance(options, TagOptions) else list(options)
+    if len(per_doc) != len(docs):
+        raise ValueError(f"{len(per_doc)} options for {len(docs)} documents")
+    cut = [candidates_for(doc, opts) for doc, opts in zip(docs, per_doc, strict=True)]
+    vectors = embed_distinct(encoder, chain(docs, *(c.phrases for c in cut)))
+    return [
+        _rank(vectors[doc], candidates, vectors, opts)
+        for doc, candidates, opts in zip(docs, cut, per_doc, strict=True)
+    ]
+
+
+def _rank(
+    doc_vector: Vector, candidates: Candidates, vectors: dict[str, Vector], options: TagOptions
+) -> TagResult:
+    """Best candidates of one document; depends only on that document's own vectors."""
+    phrases = list(candidates.phrases)
+    if not phrases:
+        return TagResult(tags=(), language=candidates.language, candidates=0)
+    matrix = np.stack([vectors[p] for p in phrases])
+    if options.diversity is None:
+        similarity = matrix @ doc_vector
+        # ties broken by the phrase so the order never depends on float noise in argsort
+        order = sorted(range(len(phrases)), key=lambda i: (-float(similarity[i]), phrases[i]))
+        ranked = [(phrases[i], float(similarity[i])) for i in order[: options.top_n]]
+    else:
+        ranked = mmr(doc_vector.reshape(1, -1), matrix, phrases, options.top_n, options.diversity)
+    rounded = [
+        Tag(tag=phrase, score=round(float(score), SCORE_DECIMALS)) for phrase, score in ranked
+    ]
+    # min_score compares with the score the caller sees, not the unrounded one
+    tags = tuple(t for t in rounded if options.min_score is None or t.score >= options.min_score)
+    return TagResult(tags=tags, language=candidates.language, candidates=len(phrases))

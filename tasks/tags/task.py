@@ -1,0 +1,78 @@
+"""``tasks.extract_tags``: one document per message, grouped by the worker into batches.
+
+A thin adapter: kwargs become a ``TagRequest`` (``parse``), a batch of them goes through
+``extract_tags`` with the child's preloaded embedder, and each result leaves as JSON with
+the common envelope. ``IsolatedBatches`` stores one result or failure per request.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+from config import get_settings
+from tasks.tags.models import MODEL_NAME
+from tasks.tags.options import TagRequest, parse_request
+from tasks.tags.pipeline import extract_tags
+from worker.app import app
+from worker.batching import IsolatedBatches
+from worker.jobs import Mode, envelope
+from worker.memory import MemoryGuard
+from worker.registry import registry
+
+TASK_NAME = "tasks.extract_tags"
+
+
+@cache
+def _guard(pid: int) -> MemoryGuard:
+    """One guard per process (keyed by pid: a forked child must not read its parent)."""
+    return MemoryGuard(get_settings())
+
+
+class ExtractTags(IsolatedBatches[TagRequest]):
+    """Batch task: ``send_task("tasks.extract_tags", kwargs={"text": ..., ...})``."""
+
+    name = TASK_NAME
+
+    def __init__(self) -> None:
+        super().__init__()
+        settings = get_settings()
+        self.flush_every = settings.tags_batch_size
+        self.flush_interval = settings.tags_flush_interval_s
+
+    def parse(self, kwargs: dict[str, Any]) -> TagRequest:
+        return parse_request(kwargs, max_text_chars=get_settings().max_text_chars)
+
+    def batch_limit(self) -> int:
+        """The configured batch size, halved (or 1) by the memory guard under pressure."""
+        return _guard(os.getpid()).batch_cap(get_settings().tags_batch_size)
+
+    def run_items(self, items: Sequence[TagRequest]) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        guard = _guard(os.getpid())
+        check = guard.check()
+        results = extract_tags(
+            [item.text for item in items],
+            [item.options for item in items],
+            encoder=registry.get(MODEL_NAME).model,
+        )
+        mode: Mode = "normal" if check.verdict == "normal" else "lightweight"
+        payloads = []
+        for result in results:
+            payloads.append(
+                envelope(
+                    result.as_dict(),
+                    model_name=MODEL_NAME,
+                    mode=mode,
+                    mode_reason=check.reason,
+                    started=started,
+                )
+            )
+            guard.job_done()
+        return payloads
+
+
+extract_tags_task = app.register_task(ExtractTags())

@@ -1,0 +1,1 @@
+"""Transcription jobs: faster-whisper over the queue (options, audio, pipeline, task)."""

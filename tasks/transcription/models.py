@@ -1,0 +1,79 @@
+"""The whisper models in the per-process registry: ``whisper`` (preloaded for the transcribe
+queue) and ``whisper-lightweight`` (loaded only when lightweight mode first needs it)."""
+
+from __future__ import annotations
+
+from faster_whisper import WhisperModel
+
+from config import Settings
+from worker.bundled import resolve_whisper
+from worker.registry import Loaded, registry
+
+WHISPER = "whisper"
+WHISPER_LIGHTWEIGHT = "whisper-lightweight"
+QUEUE = "transcribe"
+#: no worker consumes this name, so the lightweight model is never preloaded
+LAZY_QUEUE = "transcribe.lazy"
+
+
+def whisper_device(settings: Settings) -> str:
+    """``cuda`` when configured, or when ``auto`` and CTranslate2 sees a GPU; else ``cpu``."""
+    if settings.whisper_device != "auto":
+        return settings.whisper_device
+    import ctranslate2
+
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+def compute_type(settings: Settings, device: str, *, lightweight: bool = False) -> str:
+    """int8 on CPU, float16 on CUDA unless configured; lightweight mode always quantizes."""
+    if lightweight:
+        return "int8" if device == "cpu" else "int8_float16"
+    if settings.whisper_compute_type != "auto":
+        return settings.whisper_compute_type
+    return "int8" if device == "cpu" else "float16"
+
+
+def use_batched(settings: Settings, device: str) -> bool:
+    """Whether long audio and grouped clips go through ``BatchedInferencePipeline``.
+
+    ``auto`` follows the measurements in the README: batched decoding pays off on CUDA and
+    was slower on this project's CPU runs (as in faster-whisper#917 and #1167).
+    """
+    if settings.whisper_batched == "auto":
+        return device == "cuda"
+    return settings.whisper_batched == "on"
+
+
+def _load(model_id: str, settings: Settings, *, lightweight: bool) -> Loaded:
+    device = whisper_device(settings)
+    compute = compute_type(settings, device, lightweight=lightweight)
+    threads = settings.child_threads()
+    model = WhisperModel(
+        resolve_whisper(model_id, settings.model_cache_dir),
+        device=device,
+        compute_type=compute,
+        cpu_threads=threads,
+    )
+    details = {
+        "device": device,
+        "compute_type": compute,
+        "cpu_threads": threads,
+        "batched": use_batched(settings, device),
+    }
+    return Loaded(model, model_id, f"ctranslate2-{device}-{compute}", details)
+
+
+def load_whisper(settings: Settings) -> Loaded:
+    """The configured model at the configured compute type."""
+    return _load(settings.whisper_model, settings, lightweight=False)
+
+
+def load_lightweight(settings: Settings) -> Loaded:
+    """The configured lightweight model (or the main one) at int8."""
+    model_id = settings.whisper_lightweight_model or settings.whisper_model
+    return _load(model_id, settings, lightweight=True)
+
+
+registry.register(WHISPER, QUEUE, load_whisper)
+registry.register(WHISPER_LIGHTWEIGHT, LAZY_QUEUE, load_lightweight)

@@ -1,0 +1,167 @@
+"""Run a group of parsed requests: decode each once, pick normal or lightweight mode, and
+fall back to lightweight when the normal path raises ``MemoryError``. Celery-free.
+
+Lightweight mode, in order: the same model on the plain path (no batching) with greedy
+decoding; then, if that still runs out of memory, the int8 lightweight model
+(``whisper_lightweight_model`` when configured, else the same one re-quantized) after
+evicting the normal one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from faster_whisper import WhisperModel
+
+from config import Settings
+from tasks.transcription import pipeline
+from tasks.transcription.audio import DecodedAudio, DurationPolicy, load_audio
+from tasks.transcription.models import WHISPER, WHISPER_LIGHTWEIGHT, use_batched
+from tasks.transcription.options import TranscribeOptions, TranscribeRequest, TranscriptResult
+from worker.errors import InsufficientMemory, JobError
+from worker.memory import MemoryGuard, collect_garbage
+from worker.registry import registry
+
+log = logging.getLogger(__name__)
+MB = 1024 * 1024
+
+Mode = Literal["normal", "lightweight"]
+#: (request index, fraction of its audio done)
+Progress = Callable[[int, float], None]
+
+
+@dataclass
+class Outcome:
+    """One request's transcript (or error) and the mode that produced it."""
+
+    result: TranscriptResult | None = None
+    error: JobError | None = None
+    mode: Mode = "normal"
+    mode_reason: str = ""
+    model_name: str = WHISPER
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int
+    audio: DecodedAudio
+    options: TranscribeOptions
+
+
+class TranscriptionRunner:
+    """Turns parsed requests into outcomes with one model, one memory check per group."""
+
+    def __init__(self, settings: Settings, guard: MemoryGuard | None = None) -> None:
+        self.settings = settings
+        self.guard = guard or MemoryGuard(settings)
+        self.policy = DurationPolicy.from_settings(settings)
+
+    def run(
+        self, requests: Sequence[TranscribeRequest], progress: Progress | None = None
+    ) -> list[Outcome]:
+        """One outcome per request, in order; a bad input fails only its own request."""
+        report = progress or (lambda _index, _fraction: None)
+        outcomes = [Outcome() for _ in requests]
+        jobs: list[_Job] = []
+        for index, request in enumerate(requests):
+            try:
+                jobs.append(_Job(index, load_audio(request.source, self.policy), request.options))
+            except JobError as exc:
+                outcomes[index].error = exc
+        check = self.guard.check()
+        if check.verdict == "refuse":
+            for job in jobs:
+                outcomes[job.index].error = InsufficientMemory(check.reason)
+            return outcomes
+        if check.verdict == "lightweight":
+            self._lightweight(jobs, outcomes, f"memory guard: {check.reason}", report)
+        else:
+            self._normal(jobs, outcomes, report)
+        self.guard.job_done()
+        return outcomes
+
+    def _normal(self, jobs: list[_Job], outcomes: list[Outcome], report: Progress) -> None:
+        """Short clips as one group, long ones one by one; a MemoryError in a unit sends
+        just that unit's jobs to lightweight mode."""
+        loaded = registry.get(WHISPER)
+        batched = use_batched(self.settings, str(loaded.details.get("device", "cpu")))
+        short = [j for j in jobs if j.audio.duration_s <= pipeline.WINDOW_S]
+        units = [short] if batched and len(short) > 1 else [[j] for j in short]
+        units += [[j] for j in jobs if j.audio.duration_s > pipeline.WINDOW_S]
+        for unit in units:
+            try:
+                self._reserve_for_test()
+                self._run_normal(loaded.model, unit, outcomes, report, batched)
+            except MemoryError as exc:
+                log.warning("MemoryError in normal mode (%s); retrying %d light", exc, len(unit))
+                collect_garbage()
+                self._lightweight(unit, outcomes, f"MemoryError in normal mode: {exc}", report)
+
+    def _run_normal(
+        self,
+        model: WhisperModel,
+        unit: list[_Job],
+        outcomes: list[Outcome],
+        report: Progress,
+        batched: bool,
+    ) -> None:
+        if len(unit) > 1:
+            results = pipeline.transcribe_group(
+                [j.audio for j in unit],
+                [j.options for j in unit],
+                model=model,
+                progress=lambda slot, fraction: report(unit[slot].index, fraction),
+            )
+            for job, result in zip(unit, results, strict=True):
+                outcomes[job.index].result = result
+            return
+        job = unit[0]
+        outcomes[job.index].result = pipeline.transcribe(
+            job.audio,
+            job.options,
+            model=model,
+            batched=batched and job.audio.duration_s > pipeline.WINDOW_S,
+            batch_size=self.settings.whisper_batched_chunks,
+            progress=lambda fraction: report(job.index, fraction),
+        )
+
+    def _reserve_for_test(self) -> None:
+        """The ``transcribe_test_reserve_mb`` hook: a real allocation in the normal path."""
+        if self.settings.transcribe_test_reserve_mb:
+            reserved = np.ones(self.settings.transcribe_test_reserve_mb * MB, dtype=np.uint8)
+            del reserved
+
+    def _lightweight(
+        self, jobs: list[_Job], outcomes: list[Outcome], reason: str, report: Progress
+    ) -> None:
+        for job in jobs:
+            outcome = outcomes[job.index]
+            outcome.mode, outcome.mode_reason = "lightweight", reason
+            try:
+                outcome.result, outcome.model_name = self._light_one(job, report)
+            except MemoryError as exc:
+                outcome.error = InsufficientMemory(f"lightweight mode ran out of memory: {exc}")
+
+    def _light_one(self, job: _Job, report: Progress) -> tuple[TranscriptResult, str]:
+        """Plain path, greedy, normal model; then the int8 lightweight model."""
+        options = job.options.lighter()
+
+        def on_progress(fraction: float) -> None:
+            report(job.index, fraction)
+
+        if not registry.is_loaded(WHISPER_LIGHTWEIGHT):
+            try:
+                model = registry.get(WHISPER).model
+                result = pipeline.transcribe(job.audio, options, model=model, progress=on_progress)
+                return result, WHISPER
+            except MemoryError as exc:
+                log.warning("MemoryError with greedy decoding (%s); loading lighter model", exc)
+            registry.evict(WHISPER)
+            collect_garbage()
+        model = registry.get(WHISPER_LIGHTWEIGHT).model
+        result = pipeline.transcribe(job.audio, options, model=model, progress=on_progress)
+        return result, WHISPER_LIGHTWEIGHT

@@ -1,0 +1,186 @@
+"""Transcription without a broker: real bundled whisper-base, real fixtures, real PyAV."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faster_whisper import WhisperModel
+
+from config import Settings
+from tasks.transcription.audio import DecodedAudio, DurationPolicy, load_audio
+from tasks.transcription.models import WHISPER
+from tasks.transcription.options import (
+    AudioSource,
+    TranscribeOptions,
+    TranscriptResult,
+    parse_request,
+)
+from tasks.transcription.pipeline import transcribe, transcribe_group
+from tasks.transcription.runner import TranscriptionRunner
+from tests.transcription_support import (
+    AUDIO,
+    DURATIONS,
+    MAX_WER,
+    TEXTS,
+    parse_cues,
+    word_error_rate,
+)
+from worker.errors import InputTooLarge, InvalidInput, PathOutsideRoot, UnreadableInput
+from worker.registry import registry
+
+POLICY = DurationPolicy(min_s=0.0, max_s=1800.0, over_max="reject")
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    """Settings a worker child would have, with the test cache of the joined model."""
+    cache = Path.cwd() / ".state" / "cache"
+    return Settings(model_cache_dir=cache, input_root=AUDIO, whisper_device="cpu")  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="module")
+def model(settings: Settings) -> Iterator[WhisperModel]:
+    """The bundled model loaded the way a worker child loads it (via the registry)."""
+    registry.configure(settings)
+    loaded = registry.get(WHISPER)
+    assert loaded.backend == "ctranslate2-cpu-int8"
+    yield loaded.model
+
+
+def _audio(name: str, policy: DurationPolicy = POLICY) -> DecodedAudio:
+    return load_audio(AudioSource("audio_path", path=AUDIO / name), policy)
+
+
+def _assert_inside(result: TranscriptResult) -> None:
+    assert result.segments
+    for segment in result.segments:
+        assert 0.0 <= segment.start <= segment.end <= result.duration_s + 0.05
+
+
+def test_speech_matches_known_text(model: WhisperModel) -> None:
+    """A fixture sentence comes back within the WER bar, in English, timed inside the clip."""
+    result = transcribe(_audio("speech_short.flac"), TranscribeOptions(), model=model)
+    assert word_error_rate(TEXTS["speech_short"], result.text) <= MAX_WER, result.text
+    assert result.language == "en" and result.language_probability > 0.5
+    assert result.duration_s == pytest.approx(DURATIONS["speech_short"], abs=0.05)
+    _assert_inside(result)
+
+
+def test_batched_pipeline_on_long_clip(model: WhisperModel) -> None:
+    """BatchedInferencePipeline on the ~30 s clip keeps WER and in-clip segment times."""
+    fractions: list[float] = []
+    result = transcribe(
+        _audio("speech_long.flac"),
+        TranscribeOptions(language="en"),
+        model=model,
+        batched=True,
+        progress=fractions.append,
+    )
+    assert result.path == "batched"
+    assert word_error_rate(TEXTS["speech_long"], result.text) <= MAX_WER, result.text
+    _assert_inside(result)
+    assert fractions and all(0 <= f <= 1 for f in fractions) and fractions[-1] > 0.9
+
+
+def test_silence_gives_no_words(model: WhisperModel) -> None:
+    """Silent audio yields an empty transcript, not an error and not invented words."""
+    result = transcribe(_audio("silence.flac"), TranscribeOptions(), model=model)
+    assert result.text == "" and result.segments == []
+    assert result.duration_s == pytest.approx(5.0)
+
+
+def test_video_container_audio_track(model: WhisperModel) -> None:
+    """The audio track of an MP4 with video is decoded and transcribed."""
+    result = transcribe(_audio("speech_video.mp4"), TranscribeOptions(language="en"), model=model)
+    assert word_error_rate(TEXTS["speech_short"], result.text) <= MAX_WER, result.text
+
+
+def test_group_keeps_each_clip_apart(model: WhisperModel) -> None:
+    """A grouped call gives each clip its own text, language and clock; silence stays empty."""
+    names = ["speech_request.flac", "silence.flac", "speech_short.flac"]
+    options = [TranscribeOptions(word_timestamps=True)] * 3
+    results = transcribe_group([_audio(n) for n in names], options, model=model)
+    assert [r.path for r in results] == ["grouped", "plain", "grouped"]
+    assert results[1].text == ""
+    for result, stem in ((results[0], "speech_request"), (results[2], "speech_short")):
+        assert word_error_rate(TEXTS[stem], result.text) <= MAX_WER, result.text
+        assert result.language == "en"
+        _assert_inside(result)
+        words = [w for s in result.segments for w in s.words or ()]
+        assert words and all(0 <= w.start <= w.end <= result.duration_s + 0.05 for w in words)
+
+
+def test_srt_and_vtt_parse() -> None:
+    """SRT and VTT renderings parse back to the segments' times and texts."""
+    from tasks.transcription.options import TranscriptSegment
+
+    segments = [
+        TranscriptSegment(0.0, 1.5, " Hello there."),
+        TranscriptSegment(61.25, 3723.4, "Bye"),
+    ]
+    result = TranscriptResult(
+        "Hello there. Bye",
+        "en",
+        1.0,
+        3724.0,
+        segments,
+        TranscribeOptions(output_formats=("srt", "vtt")),
+    )
+    out = result.as_dict()
+    for kind in ("srt", "vtt"):
+        cues = parse_cues(out[kind], kind)
+        assert cues == [(0.0, 1.5, "Hello there."), (61.25, 3723.4, "Bye")]
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "words"),
+    [
+        ("corrupt.flac", UnreadableInput, "not a decodable audio"),
+        ("empty.flac", UnreadableInput, "empty (0 bytes)"),
+    ],
+)
+def test_bad_files_fail_clearly(name: str, error: type[Exception], words: str) -> None:
+    """Corrupt and zero-byte files fail with an error naming the field and the problem."""
+    with pytest.raises(error) as caught:
+        _audio(name)
+    assert str(caught.value).startswith("audio_path: ") and words in str(caught.value)
+
+
+def test_duration_policy_rejects_or_trims() -> None:
+    """Over the maximum: reject mode refuses before decoding, trim mode says trimmed_from_s."""
+    with pytest.raises(InputTooLarge, match="longer than the 10s maximum"):
+        _audio("speech_long.flac", DurationPolicy(0.0, 10.0, "reject"))
+    trimmed = _audio("speech_long.flac", DurationPolicy(0.0, 10.0, "trim"))
+    assert trimmed.duration_s == pytest.approx(10.0)
+    assert trimmed.trimmed_from_s == pytest.approx(DURATIONS["speech_long"], abs=0.05)
+    with pytest.raises(InvalidInput, match="shorter than the 9s minimum"):
+        _audio("speech_short.flac", DurationPolicy(9.0, 60.0, "reject"))
+
+
+def test_request_inputs_are_confined_and_bounded(settings: Settings) -> None:
+    """audio_path must stay under the input root; audio_b64 must fit the byte limit."""
+    with pytest.raises(PathOutsideRoot, match="outside the input root"):
+        parse_request({"audio_path": "../test_foundation.py"}, settings)
+    small = Settings(input_root=AUDIO, max_b64_bytes=1000)  # type: ignore[call-arg]
+    payload = base64.b64encode((AUDIO / "speech_short.flac").read_bytes()).decode()
+    with pytest.raises(InputTooLarge, match="audio_b64"):
+        parse_request({"audio_b64": payload}, small)
+    with pytest.raises(InvalidInput, match="beam_size"):
+        parse_request({"audio_path": "speech_short.flac", "beam_size": 0}, settings)
+    request = parse_request({"audio_b64": payload, "language": "auto"}, settings)
+    assert request.options.language is None and request.source.data is not None
+
+
+def test_memory_error_falls_back_to_lightweight(settings: Settings, model: WhisperModel) -> None:
+    """A real MemoryError in the normal path completes the job in lightweight mode, saying why."""
+    hungry = settings.model_copy(update={"transcribe_test_reserve_mb": 10**9})
+    runner = TranscriptionRunner(hungry)
+    request = parse_request({"audio_path": "speech_short.flac", "language": "en"}, hungry)
+    [outcome] = runner.run([request])
+    assert outcome.error is None and outcome.result is not None
+    assert outcome.mode == "lightweight" and "MemoryError" in outcome.mode_reason
+    assert outcome.result.options.beam_size == 1
+    assert word_error_rate(TEXTS["speech_short"], outcome.result.text) <= MAX_WER
