@@ -71,7 +71,10 @@ class Settings(BaseSettings):
         300.0, description="How long a child may take to start (model loads included)."
     )
     max_memory_per_child_mb: int = Field(
-        0, ge=0, description="Recycle a child after a job when its RSS exceeds this; 0 = never."
+        0,
+        ge=0,
+        description="Recycle a child after a job when its RSS exceeds this; "
+        "0 = at memory_hard_rss_mb.",
     )
     gc_every_n_jobs: int = Field(50, ge=1, description="gc + framework cache cleanup cadence.")
     max_deliveries: int = Field(
@@ -79,6 +82,11 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(
         60.0, description="SIGTERM: time for a running job or batch to finish."
+    )
+    test_hooks: bool = Field(
+        False,
+        description="Honour test-only kwargs (``_test_kill_child``: the child SIGKILLs itself); "
+        "for the reliability tests only, never in production.",
     )
 
     # --- memory guard ---------------------------------------------------------------------
@@ -93,6 +101,12 @@ class Settings(BaseSettings):
     )
     memory_hard_rss_mb: int = Field(
         6144, description="Child RSS above this: do not start; requeue and recycle the child."
+    )
+    memory_refusal_countdown_s: float = Field(
+        30.0, gt=0, description="A job refused by the hard threshold is requeued this much later."
+    )
+    memory_refusal_max_retries: int = Field(
+        120, ge=0, description="Refusals in a row before the job fails with InsufficientMemory."
     )
 
     # --- input limits ---------------------------------------------------------------------
@@ -126,7 +140,7 @@ class Settings(BaseSettings):
     whisper_batched: Literal["auto", "on", "off"] = Field(
         "auto",
         description="faster-whisper's BatchedInferencePipeline for long audio and grouped short "
-        "clips; auto = on with CUDA, off on CPU (slower there, see README measurements).",
+        "clips; auto = on (faster here on CPU too, see README measurements).",
     )
     whisper_batched_chunks: int = Field(
         8, ge=1, description="30 s chunks per BatchedInferencePipeline call (long audio)."

@@ -6,6 +6,7 @@ an error, not a skip.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,6 +70,9 @@ def client_app(worker_env: dict[str, str]) -> Iterator[Celery]:
     )
     app = build_app(settings)
     yield app
+    # AsyncResults sit in reference cycles; collected after redis_server stops, their
+    # __del__ unsubscribes and the backend retries the dead server forever (hangs exit).
+    gc.collect()
     app.close()
 
 

@@ -13,8 +13,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import train_test_split
 
 from config import Settings
-from tasks.automl import AutoMLOptions, predict, run_automl
-from tasks.automl import loading
+from tasks.automl import AutoMLOptions, loading, predict, run_automl
 from tasks.automl.planner import LIGHTWEIGHT, NORMAL, fits, plan_job
 from worker.errors import InvalidInput, PathOutsideRoot, UnreadableInput
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from config import Settings
 from tasks.tags.candidates import candidates_for, detect_language, stopwords
-from tasks.tags.embedder import TextEncoder
+from tasks.tags.embedder import SentenceEmbedder, TextEncoder, embed_distinct
 from tasks.tags.models import BackendUnavailable, load_embedder
 from tasks.tags.options import TagOptions, TagResult, parse_request
 from tasks.tags.pipeline import extract_tags
@@ -37,6 +38,17 @@ def _alone_and_batched(
     assert len(batch) == 64
     batched = extract_tags(batch, options, encoder=encoder)[32 : 32 + len(targets)]
     return alone, batched
+
+
+def test_embeddings_bit_identical_alone_and_batched(encoder: TextEncoder) -> None:
+    """A text's vector is bit-for-bit the same alone or among other texts of any length."""
+    texts = [*documents(20), *JAPANESE[:4], "data", "machine learning", "clean data pipelines"]
+    together = embed_distinct(encoder, texts)
+    for text in texts:
+        assert np.array_equal(embed_distinct(encoder, [text])[text], together[text]), text
+    assert isinstance(encoder, SentenceEmbedder)
+    reference = encoder.model.encode(texts, normalize_embeddings=True)
+    assert np.allclose(np.stack([together[t] for t in texts]), reference, atol=1e-5)
 
 
 def test_english_tags_identical_alone_and_in_batch_of_64(encoder: TextEncoder) -> None:
@@ -89,7 +101,8 @@ def test_english_candidates_skip_stopwords_unless_disabled() -> None:
 def test_language_detection_routes_japanese_and_others() -> None:
     """'auto' picks ja for Japanese script and en for Latin text."""
     assert detect_language(JAPANESE[3]) == "ja"
-    assert detect_language("カタカナ mixed with English words here") == "ja"
+    assert detect_language("新しいAIモデルをGitHubで公開") == "ja"
+    assert detect_language("One カタカナ word in an English sentence") == "en"
     assert detect_language(ENGLISH[0]) == "en"
     assert detect_language("1234 !!") == "en"
 

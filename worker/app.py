@@ -57,7 +57,8 @@ def build_app(settings: Settings | None = None) -> Celery:
         worker_send_task_events=True,
         worker_prefetch_multiplier=1,
         worker_proc_alive_timeout=s.proc_alive_timeout_s,
-        worker_max_memory_per_child=(s.max_memory_per_child_mb * 1024) or None,
+        # a child over the hard RSS threshold refuses jobs (worker.admission); recycle it
+        worker_max_memory_per_child=(s.max_memory_per_child_mb or s.memory_hard_rss_mb) * 1024,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         result_expires=s.result_expires_s,
         result_extended=False,  # kwargs (audio_b64, texts) stay out of the result store

@@ -13,12 +13,18 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Generic, TypeVar
 
+from billiard.exceptions import WorkerLostError
 from celery import states
+from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
 
+from config import get_settings
+from worker.admission import kill_this_child, memory_refusal, put_back, take_test_hooks
+from worker.delivery import count_delivery, dead_letter, previous_starts
 from worker.errors import InsufficientMemory, JobError
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,62 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
         """
         return max(1, int(self.flush_every))
 
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 - Celery's name
+        """Rebuilt on every consumer (re)start; give the new consumer its own flush timer.
+
+        celery-batches keeps ``_tref`` from the consumer that died with the broker
+        connection, so after a reconnect it never starts a timer again and a partial buffer
+        waits for a full one (celery-batches #99/#107).
+        """
+        stale = getattr(self, "_tref", None)
+        if stale is not None:
+            stale.cancel()
+        self._tref = None
+        strategy = super().Strategy(task, app, consumer)
+        if self._buffer.qsize() or self._pending.qsize():
+            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
+        return strategy
+
+    def flush(self, requests: Collection[Request]) -> Any:
+        """celery-batches' flush plus what happens when the child dies or times out.
+
+        celery-batches passes no ``error_callback``, so a batch whose child is killed (OOM,
+        segfault, kill -9) is neither acked nor rejected: its messages sit unacked until
+        the visibility timeout (an hour here). With ``reject_on_worker_lost`` they go back
+        to the queue at once, as a plain task's message does.
+        """
+        late = [r for r in requests if r.task.acks_late]
+        early = [r for r in requests if not r.task.acks_late]
+        simple = ([SimpleRequest.from_request(r) for r in requests],)
+
+        def on_accepted(pid: int, time_accepted: float) -> None:
+            for request in early:
+                request.acknowledge()
+
+        def on_return(result: Any) -> None:
+            for request in late:
+                request.acknowledge()
+
+        def on_error(einfo: Any) -> None:
+            exc = getattr(einfo, "exception", einfo)
+            exc = getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback wrapper
+            if isinstance(exc, WorkerLostError) and self.reject_on_worker_lost:
+                log.warning("batch of %d lost its child (%s); requeued", len(late), exc)
+                for request in late:
+                    request.reject(requeue=True)
+                return
+            for request in late:
+                self.backend.mark_as_failure(request.id, exc, request=None)
+                request.acknowledge()
+
+        return self._pool.apply_async(
+            apply_batches_task,
+            (self, simple, 0, None),
+            accept_callback=on_accepted,
+            callback=on_return,
+            error_callback=on_error,
+        )
+
     # celery-batches calls run() with the list of requests in the pool child.
     def run(self, requests: list[SimpleRequest]) -> None:  # type: ignore[override]
         self._dispatcher = self._open_dispatcher(requests)
@@ -68,24 +130,78 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
             self._dispatcher = None
 
     def _run_requests(self, requests: list[SimpleRequest]) -> None:
-        valid: list[tuple[SimpleRequest, Item]] = []
-        for request in requests:
+        """Admit, parse, then run: first-time requests in groups, redelivered ones alone.
+
+        A request delivered again after its batch's child died may be the one that killed
+        it. Run alone, only the culprit dies again, so only it runs out of deliveries; a
+        batch-mate that already stored its result before the crash is not run twice.
+        """
+        refusal = memory_refusal(self.name, [r.id for r in requests])
+        if refusal is not None:
+            for request in requests:
+                self.requeue_refused(request, refusal)
+            return
+        fresh: list[tuple[SimpleRequest, Item]] = []
+        suspects: list[tuple[SimpleRequest, Item]] = []
+        starts = previous_starts(self.app, [r.id for r in requests])
+        finished = self._finished([r.id for r, n in zip(requests, starts, strict=True) if n])
+        for request, started_before in zip(requests, starts, strict=True):
+            if request.id in finished:
+                log.info("request %s already has its result; not run again", request.id)
+                continue
             try:
-                self.check_delivery(request)
                 if request.args:
                     raise JobError("positional arguments are not accepted; send kwargs")
-                valid.append((request, self.parse(dict(request.kwargs or {}))))
+                kwargs = dict(request.kwargs or {})
+                take_test_hooks(kwargs)
+                item = self.parse(kwargs)
             except Exception as exc:  # noqa: BLE001 - every parse error fails only its request
                 self.store_failure(request, exc)
+                continue
+            (suspects if started_before else fresh).append((request, item))
         limit = max(1, self.batch_limit())
-        for start in range(0, len(valid), limit):
-            self._run_isolated(valid[start : start + limit])
+        for start in range(0, len(fresh), limit):
+            self._start_group(fresh[start : start + limit])
+        for suspect in suspects:
+            self._start_group([suspect])
+
+    def _start_group(self, group: Sequence[tuple[SimpleRequest, Item]]) -> None:
+        """Count a start for each request (dead-lettering the exhausted), then run the rest."""
+        admitted = []
+        for request, item in group:
+            try:
+                self.check_delivery(request)
+            except JobError as exc:
+                self.store_failure(request, exc)
+                continue
+            admitted.append((request, item))
+        for request, _ in admitted:
+            if take_test_hooks(dict(request.kwargs or {})):
+                kill_this_child(request.id)
+        self._run_isolated(admitted)
+
+    def _finished(self, task_ids: list[str]) -> set[str]:
+        """Which of ``task_ids`` already have a SUCCESS or FAILURE stored."""
+        if not task_ids:
+            return set()
+        backend = self.backend
+        raw = backend.client.mget([backend.get_key_for_task(task_id) for task_id in task_ids])
+        return {
+            task_id
+            for task_id, payload in zip(task_ids, raw, strict=True)
+            if payload and backend.decode_result(payload).get("status") in states.READY_STATES
+        }
+
+    def requeue_refused(self, request: SimpleRequest, reason: str) -> None:
+        """Requeue a request the memory guard refused, with a countdown (not a delivery)."""
+        retries = int((request.request_dict or {}).get("retries") or 0)
+        queue = (request.delivery_info or {}).get("routing_key")
+        put_back(
+            self.app, self.name, queue, request.id, dict(request.kwargs or {}), retries, reason
+        )
 
     def check_delivery(self, request: SimpleRequest) -> None:
         """Dead-letter a request that has been started too often (it kills its worker)."""
-        from config import get_settings
-        from worker.delivery import count_delivery, dead_letter
-
         deliveries = count_delivery(self.app, request.id)
         limit = get_settings().max_deliveries
         if deliveries > limit:

@@ -44,6 +44,14 @@ def count_delivery(app: Celery, task_id: str) -> int:
     return int(count)
 
 
+def previous_starts(app: Celery, task_ids: list[str]) -> list[int]:
+    """How many times each of ``task_ids`` was started before (one MGET, no increment)."""
+    if not task_ids:
+        return []
+    raw = _redis(app).mget([DELIVERY_KEY + task_id for task_id in task_ids])
+    return [int(value or 0) for value in raw]
+
+
 def reset_deliveries(app: Celery, task_id: str) -> None:
     _redis(app).delete(DELIVERY_KEY + task_id)
 

@@ -31,20 +31,34 @@ class MLTask(Task):  # type: ignore[misc]
     typing = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Count the delivery (dead-letter past the limit) and keep MemoryError in the job.
+        """Admit the job (memory guard, delivery count), then run it with MemoryError kept in.
 
-        A MemoryError that escapes a task makes the worker parent re-raise it
+        A hard memory refusal requeues the job with a countdown and is not counted as a
+        delivery. A MemoryError that escapes a task makes the worker parent re-raise it
         (celery.worker.request.on_failure), so it becomes ``InsufficientMemory`` here.
         """
+        from worker.admission import kill_this_child, memory_refusal, take_test_hooks
         from worker.delivery import count_delivery, dead_letter
 
         request = self.request
+        original = dict(kwargs)  # a dead-lettered job keeps every kwarg it came with
+        kill = take_test_hooks(kwargs)
         if request.id and not request.is_eager:
+            settings = get_settings()
+            refusal = memory_refusal(self.name, [request.id])
+            if refusal is not None:
+                raise self.retry(
+                    exc=InsufficientMemory(refusal),
+                    countdown=settings.memory_refusal_countdown_s,
+                    max_retries=settings.memory_refusal_max_retries,
+                )
             deliveries = count_delivery(self.app, request.id)
-            limit = get_settings().max_deliveries
+            limit = settings.max_deliveries
             if deliveries > limit:
                 reason = f"started {deliveries - 1} times without finishing (limit {limit})"
-                raise dead_letter(self.app, self.name, request.id, dict(kwargs), reason)
+                raise dead_letter(self.app, self.name, request.id, original, reason)
+            if kill:
+                kill_this_child(request.id)
         try:
             return super().__call__(*args, **kwargs)
         except MemoryError as exc:

@@ -38,4 +38,5 @@ def _init_child(**_: Any) -> None:
 
 
 import worker.logs  # noqa: E402,F401  (JSON log lines when not a terminal, secrets redacted)
+import worker.shutdown  # noqa: E402,F401  (SIGTERM: finish within shutdown_grace_s, then cold)
 import worker.telemetry  # noqa: E402,F401  (one log line and metrics per job, model loads, RSS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -27,7 +27,6 @@ _JA_SHARE = 0.3
 _WORD = re.compile(r"\w+(?:['’-]\w+)*")
 #: clause boundaries: an n-gram never spans one
 _CLAUSE_BREAK = re.compile(r"[^\w\s'’-]+")
-_KANA = re.compile(r"[\u3040-\u30ff]")
 _JA_SCRIPT = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff66-\uff9f]")
 
 
@@ -40,31 +39,30 @@ class Candidates:
 
 
 def detect_language(text: str) -> str:
-    """'ja' when Japanese script dominates (or any kana appears among CJK), else 'en'.
+    """'ja' when kana and kanji make up at least ``_JA_SHARE`` of the letters, else 'en'.
 
-    Good enough to route the tokenizer: candidates for every non-Japanese language are cut
-    on word boundaries; only the stopword list is English-specific.
+    Good enough to route the tokenizer: every non-Japanese text is cut on word boundaries
+    (only the stopword list is English-specific); kanji-only Chinese is routed to fugashi.
     """
     letters = [ch for ch in text if ch.isalpha()]
     if not letters:
         return "en"
     japanese = sum(1 for ch in letters if _JA_SCRIPT.match(ch))
-    if japanese / len(letters) >= _JA_SHARE or (japanese and _KANA.search(text)):
-        return "ja"
-    return "en"
+    return "ja" if japanese / len(letters) >= _JA_SHARE else "en"
 
 
 def candidates_for(text: str, options: TagOptions) -> Candidates:
     """The candidate phrases of ``text`` alone (never influenced by other documents)."""
     language = detect_language(text) if options.language == "auto" else options.language
+    join: Callable[[list[str]], str]
     if language == "ja":
         runs = _japanese_runs(text, options.stopwords)
-        joiner = ""
+        join = _join_japanese
     else:
         runs = _word_runs(text, stopwords("en") if options.stopwords and language == "en" else ())
-        joiner = " "
+        join = " ".join
     low, high = options.ngram_range
-    phrases = _ngrams(runs, low, high, joiner)
+    phrases = _ngrams(runs, low, high, join)
     if language == "ja":
         # a single character is a particle-sized fragment, never a useful Japanese tag
         phrases = [p for p in phrases if len(p) >= 2 and not _is_stopword(p, options)]
@@ -135,12 +133,22 @@ def _without_trailing_prefixes(run: list[tuple[str, str]]) -> list[str]:
     return [surface for surface, _ in run]
 
 
-def _ngrams(runs: Iterable[list[str]], low: int, high: int, joiner: str) -> list[str]:
+def _ngrams(
+    runs: Iterable[list[str]], low: int, high: int, join: Callable[[list[str]], str]
+) -> list[str]:
     """Every n-gram (low <= n <= high) inside each run, in document order."""
     out: list[str] = []
     for run in runs:
         for n in range(low, min(high, len(run)) + 1):
-            out.extend(joiner.join(run[i : i + n]) for i in range(len(run) - n + 1))
+            out.extend(join(run[i : i + n]) for i in range(len(run) - n + 1))
+    return out
+
+
+def _join_japanese(tokens: list[str]) -> str:
+    """Japanese morphemes join without spaces; two Latin words in a row keep theirs."""
+    out = tokens[0]
+    for token in tokens[1:]:
+        out += " " + token if out[-1].isascii() and token[0].isascii() else token
     return out
 
 

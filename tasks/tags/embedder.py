@@ -3,8 +3,10 @@
 sentence-transformers pads each mini-batch to its longest text; the padded matmuls sum in a
 different order, so a text's embedding moves by ~1e-7 with its batch-mates (measured with
 all-MiniLM-L6-v2 on CPU), enough to reorder near-tied tags or change a rounded score.
-``embed_distinct`` therefore encodes texts in groups of equal token count: no padding, and
-each text's forward pass is the same computation alone or among 64 others.
+``embed_distinct`` therefore pads every text to a length that depends on the text alone
+(its token count rounded up to ``PAD_MULTIPLE``) and runs texts of equal padded length
+together: each text's forward pass is the same computation alone or among 64 others, and
+a batch needs only a handful of forward passes.
 """
 
 from __future__ import annotations
@@ -17,19 +19,27 @@ import numpy as np
 from numpy.typing import NDArray
 
 Vector = NDArray[np.float32]
-#: texts per forward pass inside one equal-length group; larger only adds peak memory
+#: texts per forward pass inside one padded-length group; larger only adds peak memory
 ENCODE_BATCH = 64
+#: padded lengths are multiples of this: few groups (short candidates share one) and
+#: little wasted compute on padding
+PAD_MULTIPLE = 8
 
 
 class TextEncoder(Protocol):
-    """What the pipeline needs from a model; an ONNX backend provides the same two calls."""
+    """What the pipeline needs from a model; an ONNX backend provides the same calls."""
+
+    @property
+    def max_length(self) -> int:
+        """Longest input in tokens; longer texts are truncated."""
+        ...
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens per text as the model will see it (special tokens in, truncation applied)."""
         ...
 
-    def encode(self, texts: list[str]) -> NDArray[np.float32]:
-        """One L2-normalised row per text, same order."""
+    def encode(self, texts: list[str], length: int) -> NDArray[np.float32]:
+        """One L2-normalised row per text, each padded to exactly ``length`` tokens."""
         ...
 
 
@@ -40,33 +50,49 @@ class SentenceEmbedder:
         self.model = model
         self.batch_size = batch_size
 
+    @property
+    def max_length(self) -> int:
+        return int(self.model.max_seq_length)
+
     def token_lengths(self, texts: list[str]) -> list[int]:
-        encoded = self.model.tokenizer(
-            texts, truncation=True, max_length=self.model.max_seq_length, add_special_tokens=True
-        )
+        encoded = self.model.tokenizer(texts, truncation=True, max_length=self.max_length)
         return [len(ids) for ids in encoded["input_ids"]]
 
-    def encode(self, texts: list[str]) -> NDArray[np.float32]:
-        vectors = self.model.encode(
-            texts,
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+    def encode(self, texts: list[str], length: int) -> NDArray[np.float32]:
+        import torch
+
+        rows: list[Vector] = []
+        for start in range(0, len(texts), self.batch_size):
+            features = self.model.tokenizer(
+                texts[start : start + self.batch_size],
+                padding="max_length",
+                truncation=True,
+                max_length=length,
+                return_tensors="pt",
+            )
+            features = {name: tensor.to(self.model.device) for name, tensor in features.items()}
+            with torch.inference_mode():
+                vectors = self.model(features)["sentence_embedding"].float()
+                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+            rows.append(np.asarray(vectors.cpu().numpy(), dtype=np.float32))
+        return np.concatenate(rows)
+
+
+def padded_length(tokens: int, max_length: int) -> int:
+    """The length a text of ``tokens`` tokens is padded to: a function of the text alone."""
+    return min(max_length, -(-tokens // PAD_MULTIPLE) * PAD_MULTIPLE)
 
 
 def embed_distinct(encoder: TextEncoder, texts: Iterable[str]) -> dict[str, Vector]:
-    """Embed each distinct text once, grouped by token count so no text is padded."""
+    """Embed each distinct text once, grouped by padded length (one forward pass per group)."""
     distinct = list(dict.fromkeys(texts))
     if not distinct:
         return {}
-    by_length: dict[int, list[str]] = defaultdict(list)
-    for text, length in zip(distinct, encoder.token_lengths(distinct), strict=True):
-        by_length[length].append(text)
+    groups: dict[int, list[str]] = defaultdict(list)
+    for text, tokens in zip(distinct, encoder.token_lengths(distinct), strict=True):
+        groups[padded_length(tokens, encoder.max_length)].append(text)
     vectors: dict[str, Vector] = {}
-    for length in sorted(by_length):
-        group = by_length[length]
-        vectors.update(zip(group, encoder.encode(group), strict=True))
+    for length in sorted(groups):
+        group = groups[length]
+        vectors.update(zip(group, encoder.encode(group, length), strict=True))
     return vectors

@@ -7,10 +7,8 @@ the common envelope. ``IsolatedBatches`` stores one result or failure per reques
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
 from config import get_settings
@@ -20,16 +18,10 @@ from tasks.tags.pipeline import extract_tags
 from worker.app import app
 from worker.batching import IsolatedBatches
 from worker.jobs import Mode, envelope
-from worker.memory import MemoryGuard
+from worker.memory import process_guard
 from worker.registry import registry
 
 TASK_NAME = "tasks.extract_tags"
-
-
-@cache
-def _guard(pid: int) -> MemoryGuard:
-    """One guard per process (keyed by pid: a forked child must not read its parent)."""
-    return MemoryGuard(get_settings())
 
 
 class ExtractTags(IsolatedBatches[TagRequest]):
@@ -48,11 +40,11 @@ class ExtractTags(IsolatedBatches[TagRequest]):
 
     def batch_limit(self) -> int:
         """The configured batch size, halved (or 1) by the memory guard under pressure."""
-        return _guard(os.getpid()).batch_cap(get_settings().tags_batch_size)
+        return process_guard().batch_cap(get_settings().tags_batch_size)
 
     def run_items(self, items: Sequence[TagRequest]) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        guard = _guard(os.getpid())
+        guard = process_guard()
         check = guard.check()
         results = extract_tags(
             [item.text for item in items],
