@@ -61,6 +61,11 @@ def build_app(settings: Settings | None = None) -> Celery:
         worker_max_memory_per_child=(s.max_memory_per_child_mb or s.memory_hard_rss_mb) * 1024,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         result_expires=s.result_expires_s,
+        # a result stored while Redis restarts waits for it instead of being dropped (the
+        # batch would be acked with its results lost)
+        result_backend_always_retry=True,
+        result_backend_max_retries=60,
+        result_backend_max_sleep_between_retries_ms=2000,
         result_extended=False,  # kwargs (audio_b64, texts) stay out of the result store
         broker_transport_options=transport,
         result_backend_transport_options=transport,

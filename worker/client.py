@@ -48,7 +48,7 @@ class Job:
 
     @property
     def state(self) -> str:
-        return str(self.async_result.state)
+        return str(self.meta()["status"])
 
     def meta(self) -> dict[str, Any]:
         """Raw backend record: status, result (or progress meta), traceback."""
@@ -107,7 +107,11 @@ class MLClient:
                 if not client.set(JOB_KEY + job_id, task, nx=True, ex=ttl):
                     return Job(job_id, task, self.app, resubmitted=True)
         sent = self.app.send_task(task, kwargs=kwargs, task_id=job_id)
-        return Job(sent.id, task, self.app)
+        job = Job(sent.id, task, self.app)
+        # Job polls the backend; drop the AsyncResult now so its pub/sub subscription is
+        # cancelled while Redis is surely up (its __del__ does that, and complains later).
+        del sent
+        return job
 
     def transcribe(
         self,

@@ -7,7 +7,8 @@ import socket
 import time
 from typing import Any, Literal
 
-from celery import Task
+from celery import Task, states
+from celery.exceptions import Ignore
 
 from config import get_settings
 from worker.errors import InsufficientMemory, JobError
@@ -53,6 +54,10 @@ class MLTask(Task):  # type: ignore[misc]
                     max_retries=settings.memory_refusal_max_retries,
                 )
             deliveries = count_delivery(self.app, request.id)
+            if deliveries > 1 and self._already_finished(request.id):
+                # redelivered after its result was stored (e.g. restored after a broker
+                # outage while it ran): acknowledge without running or storing it again
+                raise Ignore()
             limit = settings.max_deliveries
             if deliveries > limit:
                 reason = f"started {deliveries - 1} times without finishing (limit {limit})"
@@ -63,6 +68,10 @@ class MLTask(Task):  # type: ignore[misc]
             return super().__call__(*args, **kwargs)
         except MemoryError as exc:
             raise InsufficientMemory(f"out of memory even in lightweight mode: {exc}") from exc
+
+    def _already_finished(self, task_id: str) -> bool:
+        status = self.backend.get_task_meta(task_id, cache=False).get("status")
+        return status in states.READY_STATES
 
 
 def envelope(

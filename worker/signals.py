@@ -17,6 +17,14 @@ log = logging.getLogger(__name__)
 consumed_queues: set[str] = set()
 
 
+@signals.celeryd_init.connect
+def _recover_held_messages(**_: Any) -> None:
+    """Workers put back messages they held when the broker went away (worker.recovery)."""
+    from worker.recovery import install
+
+    install()
+
+
 @signals.celeryd_after_setup.connect
 def _remember_queues(sender: Any, instance: Any, **_: Any) -> None:
     consumed_queues.update(instance.app.amqp.queues.consume_from or ())
