@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     whisper_compute_type: str = Field(
         "auto", description="CTranslate2 compute type; auto = int8 on CPU, float16 on CUDA."
     )
+    whisper_max_wer_delta: float = Field(
+        0.05,
+        ge=0,
+        description="`mlworker models verify whisper` refuses a compute type whose WER on the "
+        "speech fixtures exceeds float32's by more than this.",
+    )
     whisper_beam_size: int = Field(5, ge=1, description="Default beam size.")
     whisper_min_duration_s: float = Field(0.0, ge=0, description="Shorter audio is rejected.")
     whisper_max_duration_s: float = Field(1800.0, gt=0, description="Longest audio accepted.")
@@ -162,6 +168,20 @@ class Settings(BaseSettings):
         "torch", description="Embedder backend (torch-fp16 needs CUDA; on CPU it stays FP32)."
     )
     embedder_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device.")
+    embedder_min_cosine: float = Field(
+        0.98,
+        ge=0,
+        le=1,
+        description="An exported ONNX/INT8 embedder whose lowest cosine similarity to FP32 on "
+        "the fixed sentence set is below this is refused (`mlworker models verify`).",
+    )
+    embedder_min_tag_agreement: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Likewise for the share of FP32's top-k tags the exported model agrees on.",
+    )
+    embedder_verify_top_k: int = Field(5, ge=1, description="k of the tag agreement check.")
     tags_batch_size: int = Field(64, ge=1, description="Documents grouped per flush.")
     tags_flush_interval_s: float = Field(0.2, gt=0, description="Tag buffer flush time.")
     tags_time_limit_s: int = Field(300, description="Hard time limit per tag batch.")

@@ -49,6 +49,16 @@ def build_app(settings: Settings | None = None) -> Celery:
         task_default_exchange="mlworker",
         task_default_queue="tags",
         task_routes={name: {"queue": q, "routing_key": q} for name, q in ROUTES.items()},
+        # hard limit per family; the soft limit (90%) lets a job fail cleanly first
+        task_annotations={
+            name: {"time_limit": limit, "soft_time_limit": int(limit * 0.9)}
+            for name, limit in (
+                ("tasks.transcribe", s.transcribe_time_limit_s),
+                ("tasks.extract_tags", s.tags_time_limit_s),
+                ("tasks.automl", s.automl_time_limit_s),
+                ("tasks.automl_predict", s.automl_time_limit_s),
+            )
+        },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,

@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from billiard.exceptions import WorkerLostError
 from celery import states
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
@@ -117,6 +118,9 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
             accept_callback=on_accepted,
             callback=on_return,
             error_callback=on_error,
+            # celery-batches passes no limits: the task's time limits apply to the batch
+            timeout=self.time_limit,
+            soft_timeout=self.soft_time_limit,
         )
 
     # celery-batches calls run() with the list of requests in the pool child.
@@ -219,6 +223,10 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
             if len(results) != len(group):
                 raise RuntimeError(f"run_items returned {len(results)} results for {len(group)}")
         except Exception as exc:  # noqa: BLE001 - isolate, then fail only the culprit
+            if isinstance(exc, SoftTimeLimitExceeded):  # bisecting would only run longer
+                for request, _ in group:
+                    self.store_failure(request, exc)
+                return
             if len(group) == 1:
                 if isinstance(exc, MemoryError):
                     exc = InsufficientMemory(f"out of memory even for one request: {exc}")
