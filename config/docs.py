@@ -1,6 +1,6 @@
 """Print the README's configuration table from the settings' field descriptions.
 
-    python -m config.docs
+python -m config.docs
 """
 
 from __future__ import annotations

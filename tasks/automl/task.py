@@ -20,14 +20,12 @@ from tasks.automl.pipeline import predict, run_automl
 from worker.app import app
 from worker.errors import InsufficientMemory, InvalidInput
 from worker.jobs import MLTask, envelope
-from worker.memory import MemoryGuard
+from worker.memory import process_guard
 from worker.registry import Loaded, registry
 
 #: registry name; AutoML trains per job, so the "model" is the library stack, warmed at start
 REGISTRY_NAME = "automl"
 BACKEND = "autofeat+sklearn"
-
-_guard: MemoryGuard | None = None
 
 
 def _load_stack(settings: Settings) -> Loaded:
@@ -40,16 +38,9 @@ def _load_stack(settings: Settings) -> Loaded:
 registry.register(REGISTRY_NAME, "automl", _load_stack)
 
 
-def _memory_guard() -> MemoryGuard:
-    global _guard
-    if _guard is None:
-        _guard = MemoryGuard(get_settings())
-    return _guard
-
-
 def _lightweight_reason() -> str:
     """The guard's verdict before a job: refuse raises, lightweight returns why."""
-    check = _memory_guard().check()
+    check = process_guard().check()
     if check.verdict == "refuse":
         raise InsufficientMemory(f"not starting an AutoML job: {check.reason}")
     return check.reason if check.verdict == "lightweight" else ""
@@ -59,7 +50,6 @@ def _lightweight_reason() -> str:
     name="tasks.automl",
     base=MLTask,
     bind=True,
-    time_limit=get_settings().automl_time_limit_s,
 )
 def automl(self: MLTask, **kwargs: Any) -> dict[str, Any]:
     """Train on ``data_path``: kwargs as ``AutoMLOptions`` plus ``data_path``."""
@@ -72,7 +62,7 @@ def automl(self: MLTask, **kwargs: Any) -> dict[str, Any]:
     try:
         result = run_automl(data_path, options, lightweight_reason=reason)  # type: ignore[arg-type]
     finally:
-        _memory_guard().job_done()
+        process_guard().job_done()
     return envelope(
         result.as_dict(),
         model_name=REGISTRY_NAME,
@@ -86,7 +76,6 @@ def automl(self: MLTask, **kwargs: Any) -> dict[str, Any]:
     name="tasks.automl_predict",
     base=MLTask,
     bind=True,
-    time_limit=get_settings().automl_time_limit_s,
 )
 def automl_predict(self: MLTask, **kwargs: Any) -> dict[str, Any]:
     """Predict with a saved model: kwargs ``model_path`` and ``data_path``."""

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from itertools import chain
 
 import numpy as np
-from keybert._mmr import mmr
+
 
 from tasks.tags.candidates import Candidates, candidates_for
 from tasks.tags.embedder import TextEncoder, Vector, embed_distinct
+from tasks.tags.mmr import mmr
 from tasks.tags.options import Tag, TagOptions, TagResult
 
 #: decimals kept in a score (KeyBERT rounds to 4 as well)

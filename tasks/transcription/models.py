@@ -3,11 +3,15 @@ queue) and ``whisper-lightweight`` (loaded only when lightweight mode first need
 
 from __future__ import annotations
 
+import logging
+
 from faster_whisper import WhisperModel
 
 from config import Settings
 from worker.bundled import resolve_whisper
 from worker.registry import Loaded, registry
+
+log = logging.getLogger(__name__)
 
 WHISPER = "whisper"
 WHISPER_LIGHTWEIGHT = "whisper-lightweight"
@@ -26,12 +30,30 @@ def whisper_device(settings: Settings) -> str:
 
 
 def compute_type(settings: Settings, device: str, *, lightweight: bool = False) -> str:
-    """int8 on CPU, float16 on CUDA unless configured; lightweight mode always quantizes."""
+    """int8 on CPU, float16 on CUDA unless configured; lightweight mode always quantizes.
+
+    A configured type the device cannot run (float16 on most CPUs) falls back to the
+    device's default with a warning rather than CTranslate2's silent conversion.
+    """
+    default = "int8" if device == "cpu" else "float16"
     if lightweight:
         return "int8" if device == "cpu" else "int8_float16"
-    if settings.whisper_compute_type != "auto":
-        return settings.whisper_compute_type
-    return "int8" if device == "cpu" else "float16"
+    wanted = settings.whisper_compute_type
+    if wanted == "auto":
+        return default
+    import ctranslate2
+
+    supported = ctranslate2.get_supported_compute_types(device)
+    if wanted not in supported:
+        log.warning(
+            "whisper compute type %s is not supported on %s (have %s); using %s",
+            wanted,
+            device,
+            sorted(supported),
+            default,
+        )
+        return default
+    return wanted
 
 
 def use_batched(settings: Settings, device: str) -> bool:

@@ -16,11 +16,13 @@ from config import get_settings
 from worker.cli.broker import URL_ENV, resolve_url
 from worker.cli.dead import dead
 from worker.cli.jobs import submit
+from worker.cli.models import models
 from worker.cli.ops import metrics
 
 cli = typer.Typer(help="Celery job workers for ML.", no_args_is_help=True, add_completion=False)
 cli.add_typer(submit, name="submit")
 cli.add_typer(dead, name="dead")
+cli.add_typer(models, name="models")
 cli.command()(metrics)
 
 QueuesOption = Annotated[
