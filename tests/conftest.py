@@ -81,11 +81,12 @@ def input_root(stack_dirs: dict[str, Path]) -> Path:
     return stack_dirs["input"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def start_worker(
     client_app: Celery, worker_env: dict[str, str], stack_dirs: dict[str, Path]
 ) -> Iterator[Callable[..., WorkerProcess]]:
-    """Factory: start ``mlworker worker --queues Q`` (stopped at session end)."""
+    """Factory: start ``mlworker worker --queues Q``; stopped when the test module ends, so a
+    module's workers never take jobs meant for the next module's."""
     started: list[WorkerProcess] = []
 
     def start(queues: str, concurrency: int = 1, **env: str) -> WorkerProcess:

@@ -112,3 +112,10 @@ def test_invalid_input_survives_a_json_round_trip() -> None:
     rebuilt = InvalidInput(*json.loads(json.dumps(exc.args)))
     assert str(rebuilt) == "top_n: must be an integer between 1 and 50"
     assert rebuilt.field == "top_n"
+
+
+def test_readme_documents_every_setting() -> None:
+    """Every settings field appears in the README's configuration table."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`MLWORKER_{name.upper()}`" not in readme]
+    assert missing == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,7 +175,7 @@ def test_parse_request_reads_every_option() -> None:
 
 
 @pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
-def test_onnx_backends_refuse_clearly(backend: str) -> None:
-    """ONNX backends are not built yet: loading says so instead of failing obscurely."""
-    with pytest.raises(BackendUnavailable, match="not available yet"):
-        load_embedder(Settings(embedder_backend=backend))  # type: ignore[arg-type]
+def test_onnx_backends_without_export_refuse_clearly(backend: str, tmp_path: Path) -> None:
+    """ONNX backends with no export in the cache say how to build one instead of failing."""
+    with pytest.raises(BackendUnavailable, match="mlworker models export"):
+        load_embedder(Settings(embedder_backend=backend, model_cache_dir=tmp_path))  # type: ignore[arg-type]

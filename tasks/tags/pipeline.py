@@ -13,7 +13,6 @@ from itertools import chain
 
 import numpy as np
 
-
 from tasks.tags.candidates import Candidates, candidates_for
 from tasks.tags.embedder import TextEncoder, Vector, embed_distinct
 from tasks.tags.mmr import mmr

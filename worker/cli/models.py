@@ -8,7 +8,7 @@ and verifies it; ``verify`` re-checks an export (or a Whisper compute type) agai
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -19,13 +19,13 @@ from config import get_settings
 models = typer.Typer(help="Export, verify and list accelerated models.", no_args_is_help=True)
 
 
-class Backend(str, Enum):
+class Backend(StrEnum):
     onnx = "onnx"
     onnx_int8 = "onnx-int8"
     all = "all"
 
 
-class Target(str, Enum):
+class Target(StrEnum):
     embedder = "embedder"
     whisper = "whisper"
 
