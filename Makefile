@@ -29,6 +29,14 @@ lint: install
 test: lint
 	$(PY) -m pytest -q
 
+bench: install
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[models,dev,bench]"
+	$(PY) -m bench
+
+bench-quick: install
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[models,dev,bench]"
+	$(PY) -m bench --quick
+
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 

@@ -21,7 +21,21 @@ ROUTES = {
 }
 FAMILY_QUEUES = ("transcribe", "tags", "automl")
 DEAD_LETTER_QUEUE = "dead_letter"
-TASK_MODULES = ("tasks.transcription.task", "tasks.tags.task", "tasks.automl.task")
+#: the task module each family queue needs; a worker imports only its queues' modules, so a
+#: tags worker's parent does not carry faster-whisper, autofeat and scikit-learn (~420 MB)
+TASK_MODULES = {
+    "transcribe": "tasks.transcription.task",
+    "tags": "tasks.tags.task",
+    "automl": "tasks.automl.task",
+}
+
+
+def task_modules(queues: str | None) -> list[str]:
+    """Modules for a comma-separated queue list; all of them when unset or not all known."""
+    names = [q.strip() for q in (queues or "").split(",") if q.strip()]
+    if not names or any(q not in TASK_MODULES for q in names):
+        return list(TASK_MODULES.values())
+    return [TASK_MODULES[q] for q in names]
 
 #: the redis default a client falls back to when nothing is configured (the CLI never does)
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -32,7 +46,7 @@ def build_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     broker = s.broker_url() or DEFAULT_REDIS_URL
     backend = s.backend_url() or broker
-    celery_app = Celery("mlworker", broker=broker, backend=backend, include=list(TASK_MODULES))
+    celery_app = Celery("mlworker", broker=broker, backend=backend, include=task_modules(None))
     exchange = Exchange("mlworker", type="direct")
     longest_limit = max(s.transcribe_time_limit_s, s.tags_time_limit_s, s.automl_time_limit_s)
     transport = {"visibility_timeout": max(s.visibility_timeout_s, longest_limit + 60)}

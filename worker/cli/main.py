@@ -64,7 +64,9 @@ def worker(
         os.environ["MLWORKER_CONCURRENCY"] = str(concurrency)
         get_settings.cache_clear()
     settings = get_settings()
-    from worker.app import app
+    from worker.app import app, task_modules
+
+    app.conf.include = task_modules(",".join(names))  # only this worker's families
 
     node = hostname or f"{'-'.join(names)}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
     argv = [
