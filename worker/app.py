@@ -37,6 +37,7 @@ def task_modules(queues: str | None) -> list[str]:
         return list(TASK_MODULES.values())
     return [TASK_MODULES[q] for q in names]
 
+
 #: the redis default a client falls back to when nothing is configured (the CLI never does)
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
