@@ -68,6 +68,9 @@ def transcribe(
     whisper = _model(model)
     if options.vad_filter and speech_span(audio.samples) is None:
         return _empty(audio, options)
+    if progress is not None:
+        # decoded, model starting: batched inference yields its segments all at the end
+        progress(0.0)
     common: dict[str, Any] = {
         "language": options.language,
         "task": options.task,

@@ -1,0 +1,92 @@
+"""AutoML on a large synthetic table: memory-aware pipeline vs naive autofeat, peak RSS.
+
+    .venv/bin/python -m bench.automl_large --rows 1000000 --budget-mb 2048
+
+Both run in subprocesses whose RSS is sampled every 50 ms. The naive run (plain
+``pd.read_csv`` + ``AutoFeatRegressor()`` defaults, ``bench.naive_automl``) is killed past
+``--naive-timeout`` seconds or 3x the budget, so it cannot take the machine down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from bench.automl import TARGET, make_table, naive
+from bench.plan import make_plan
+
+MB = 1024 * 1024
+
+_PIPELINE = """
+import json, sys
+from config import Settings
+from tasks.automl.options import AutoMLOptions
+from tasks.automl.pipeline import run_automl
+root, out, budget, target = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+settings = Settings(input_root=root, output_root=out)
+opts = AutoMLOptions.from_kwargs({"target": target, "memory_budget_mb": budget})
+r = run_automl("table.csv", opts, settings=settings).as_dict()
+print(json.dumps({"r2": r["metrics"].get("r2"), "memory": r["memory"], "mode": r["mode"],
+                  "plan": r["plan"], "phase_seconds": r["phase_seconds"]}))
+"""
+
+
+def memory_aware(root: Path, budget_mb: int) -> dict[str, object]:
+    out = str(root / "out")
+    cmd = [sys.executable, "-c", _PIPELINE, str(root), out, str(budget_mb), TARGET]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    watched, peak = psutil.Process(proc.pid), 0.0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, watched.memory_info().rss / MB)
+        except psutil.Error:
+            break
+        time.sleep(0.05)
+    output = proc.communicate()[0]
+    report = json.loads(output.strip().splitlines()[-1])
+    return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak, **report}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.automl_large")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--columns", type=int, default=8)
+    parser.add_argument("--budget-mb", type=int, default=2048)
+    parser.add_argument("--naive-timeout", type=float, default=300.0)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="mlworker-automl-large-"))
+    make_table(root / "table.csv", args.rows, args.columns)
+    size_mb = (root / "table.csv").stat().st_size / MB
+    print(f"table: {args.rows} rows x {args.columns} columns, {size_mb:.0f} MB CSV", flush=True)
+    aware = memory_aware(root, args.budget_mb)
+    print(f"memory-aware: {json.dumps(aware)}", flush=True)
+    plan = dataclasses.replace(
+        make_plan(False), automl_budget_mb=args.budget_mb, naive_automl_timeout_s=args.naive_timeout
+    )
+    plain = naive(root / "table.csv", plan)
+    print(f"naive: {json.dumps(plain)}", flush=True)
+    print("| run | seconds | peak RSS MB | budget MB | finished | r2 |")
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| memory-aware pipeline | {aware['seconds']:.0f} | {aware['peak_rss_mb']:.0f} | "
+        f"{args.budget_mb} | yes ({aware['mode']}) | {aware['r2']} |"
+    )
+    print(
+        f"| naive read_csv + autofeat defaults | {plain['seconds']:.0f} | "
+        f"{plain['peak_rss_mb']:.0f} | {args.budget_mb} | "
+        f"{'yes' if plain['finished'] else 'stopped by ' + str(plain['stopped_by'])} | "
+        f"{plain['r2']} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
