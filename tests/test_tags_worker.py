@@ -24,7 +24,7 @@ from worker.redis_server import EmbeddedRedis
 
 TASK = "tasks.extract_tags"
 #: long enough that 64 quickly sent requests flush by count, not by the timer
-BATCH_FLUSH_S = "2.0"
+BATCH_FLUSH_S = "30"  # long: only a full batch (64) flushes, so a send cannot straddle a tick
 RESULT_TIMEOUT_S = 240
 
 
@@ -96,9 +96,11 @@ class TestBatchedWorker:
         """One malformed request among 64 fails with an error naming 'text'; 63 succeed."""
         docs = documents(63, JAPANESE[:9]) if error is InputTooLarge else documents(63)
         kwargs = [{"text": d} for d in docs]
-        kwargs.insert(31, bad)
+        # last: encoding and moving a 10 MB message takes long enough for the flush timer to
+        # fire mid-send, which would split the good requests over two batches
+        kwargs.append(bad)
         results = _send(client_app, kwargs)
-        bad_result = results.pop(31)
+        bad_result = results.pop()
         with pytest.raises(error) as caught:
             bad_result.get(timeout=RESULT_TIMEOUT_S, propagate=True)
         assert type(caught.value) is error

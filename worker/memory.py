@@ -77,9 +77,10 @@ class MemoryGuard:
             return max(1, configured // 2)
         return configured
 
-    def job_done(self) -> None:
-        """Count a finished job; every ``gc_every_n_jobs`` run gc and free framework caches."""
-        self._jobs_since_gc += 1
+    def job_done(self, count: int = 1) -> None:
+        """Count finished jobs (a batch counts each request); every ``gc_every_n_jobs`` run
+        gc and free framework caches, at most once per call."""
+        self._jobs_since_gc += count
         if self._jobs_since_gc >= self.settings.gc_every_n_jobs:
             self._jobs_since_gc = 0
             collect_garbage()

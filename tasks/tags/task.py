@@ -63,7 +63,7 @@ class ExtractTags(IsolatedBatches[TagRequest]):
                     started=started,
                 )
             )
-            guard.job_done()
+        guard.job_done(len(payloads))  # one gc check per batch: a full gc costs ~0.1-0.3 s
         return payloads
 
 
