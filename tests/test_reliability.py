@@ -318,13 +318,15 @@ def test_memory_refusal_requeues_without_counting_a_delivery(
                        "MLWORKER_MEMORY_REFUSAL_COUNTDOWN_S": "1"}, tmp_path, 1,
         ).start(app)  # fmt: skip
         made = Stack(server, app, env, tmp_path, [refusing])
+        first_child = {p.pid for p in refusing.children()}  # before any job: no race
         job = made.send(M, GOOD[M])
         deadline = time.monotonic() + 60
         while made.meta(job)["status"] != states.RETRY and time.monotonic() < deadline:
             time.sleep(0.2)
-        first_child = {p.pid for p in refusing.children()}
         deadline = time.monotonic() + 60  # the refusing child exits; a new one starts
-        while refusing.log().count("mlworker child ready") < 2 and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            {p.pid for p in refusing.children() if p.is_running()} in (first_child, set())
+        ):
             time.sleep(0.2)
         meta = made.meta(job)
         assert meta["status"] == states.RETRY, meta
