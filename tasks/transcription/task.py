@@ -19,6 +19,7 @@ from worker.app import app
 from worker.batching import IsolatedBatches
 from worker.errors import JobError
 from worker.jobs import envelope
+from worker.memory import process_guard
 
 _settings = get_settings()
 
@@ -34,7 +35,7 @@ class TranscribeTask(IsolatedBatches[TranscribeRequest]):
     @property
     def runner(self) -> TranscriptionRunner:
         if self._runner is None:  # built in the child, where the memory guard must read
-            self._runner = TranscriptionRunner(get_settings())
+            self._runner = TranscriptionRunner(get_settings(), process_guard())
         return self._runner
 
     def parse(self, kwargs: dict[str, Any]) -> TranscribeRequest:
