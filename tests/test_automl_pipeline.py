@@ -94,6 +94,9 @@ def test_diabetes_beats_linear_baseline_and_model_predicts(settings: Settings) -
     baseline = LinearRegression().fit(x_train, y_train).score(x_test, y_test)
     assert result.mode == "normal" and result.metrics["r2"] >= baseline
     assert result.features["engineered_from"] and result.memory.peak_rss_mb > 0
+    phases = result.memory.phase_peak_rss_mb  # which step reached the peak
+    assert {"load", "feature_engineering_normal", "model_search_normal", "evaluate"} <= set(phases)
+    assert max(phases.values()) == result.memory.peak_rss_mb
     assert {"load", "feature_engineering_normal", "model_search_normal"} <= set(
         result.phase_seconds
     )

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import joblib
-import numpy as np
 import pandas as pd
 
 from tasks.automl.features import EngineeredFeatures
 from tasks.automl.prepare import Encoder
+from tasks.automl.search import predict_in_chunks
 from worker.errors import InvalidInput, UnreadableInput
 from worker.paths import confined_path
 
@@ -49,8 +49,8 @@ class Artifact:
             raise InvalidInput(
                 "data_path", f"columns {missing} the model was trained on are missing"
             )
-        matrix = self.features.transform(self.encoder.transform(frame[self.input_columns]))
-        predicted = np.asarray(self.estimator.predict(matrix))
+        encoded = self.encoder.transform(frame[self.input_columns])
+        predicted = predict_in_chunks(self.estimator, self.features.transform, encoded)
         if self.classes is None:
             return [float(v) for v in predicted]
         return [self.classes[int(i)] for i in predicted]

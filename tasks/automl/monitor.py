@@ -19,7 +19,11 @@ SAMPLE_INTERVAL_S = 0.02
 
 
 class PeakRSS:
-    """Samples this process's RSS on a daemon thread; ``peak_mb`` is the highest seen."""
+    """Samples this process's RSS on a daemon thread; ``peak_mb`` is the highest seen.
+
+    ``phase_peaks_mb`` holds the highest sample per named phase (``phase`` is set by the
+    pipeline as it moves on), so a report shows which step reached the peak.
+    """
 
     def __init__(self, interval_s: float = SAMPLE_INTERVAL_S) -> None:
         self._process = psutil.Process()
@@ -28,18 +32,27 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._run, name="automl-peak-rss", daemon=True)
         self.baseline_mb = self.current_mb()
         self._peak = self.baseline_mb
+        self.phase = "start"
+        self.phase_peaks_mb: dict[str, float] = {"start": round(self.baseline_mb, 1)}
 
     def current_mb(self) -> float:
         return float(self._process.memory_info().rss) / MB
 
     @property
     def peak_mb(self) -> float:
-        self._peak = max(self._peak, self.current_mb())
+        return self.sample()
+
+    def sample(self) -> float:
+        """Take one reading now; returns the peak so far."""
+        now = self.current_mb()
+        phase = self.phase
+        self.phase_peaks_mb[phase] = round(max(self.phase_peaks_mb.get(phase, 0.0), now), 1)
+        self._peak = max(self._peak, now)
         return self._peak
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            self._peak = max(self._peak, self.current_mb())
+            self.sample()
 
     def __enter__(self) -> PeakRSS:
         self._thread.start()
@@ -53,7 +66,7 @@ class PeakRSS:
     ) -> None:
         self._stop.set()
         self._thread.join()
-        self._peak = max(self._peak, self.current_mb())
+        self.sample()
 
 
 @contextmanager

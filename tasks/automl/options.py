@@ -81,6 +81,8 @@ class MemoryReport:
     baseline_rss_mb: float
     estimated_peak_mb: float
     peak_rss_mb: float
+    #: highest RSS sampled in each phase (load, prepare, feature_engineering_*, ...)
+    phase_peak_rss_mb: dict[str, float]
 
 
 @dataclass

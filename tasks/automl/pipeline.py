@@ -31,7 +31,12 @@ from tasks.automl.monitor import PeakRSS, address_space_cap
 from tasks.automl.options import AutoMLOptions, AutoMLResult, MemoryReport, Mode
 from tasks.automl.planner import Plan, fits, load_rows, plan_job
 from tasks.automl.prepare import Encoder, check_columns, fit_encoder, resolve_target
-from tasks.automl.search import SearchOutcome, held_out_metrics, search_models
+from tasks.automl.search import (
+    SearchOutcome,
+    held_out_metrics,
+    predict_in_chunks,
+    search_models,
+)
 from worker.errors import InsufficientMemory
 from worker.paths import confined_path
 
@@ -58,21 +63,26 @@ class Fitted:
     plan: Plan
     features: EngineeredFeatures
     search: SearchOutcome
-    x_test: NDArray[Any]
+    #: columns the model sees: originals plus engineered
+    feature_count: int
 
 
 class Phases:
-    """Wall time per named phase."""
+    """Wall time per named phase; tells the RSS sampler which phase its samples belong to."""
 
-    def __init__(self) -> None:
+    def __init__(self, rss: PeakRSS) -> None:
         self.seconds: dict[str, float] = {}
+        self.rss = rss
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
+        self.rss.sample()  # the previous phase's last reading
+        self.rss.phase = name
         try:
             yield
         finally:
+            self.rss.sample()
             elapsed = time.perf_counter() - started
             self.seconds[name] = round(self.seconds.get(name, 0.0) + elapsed, 3)
 
@@ -95,8 +105,8 @@ def run_automl(
     settings = settings or get_settings()
     budget = options.memory_budget_mb or settings.automl_memory_budget_mb
     path = confined_path("data_path", data_path, settings.input_root)
-    phases = Phases()
     with PeakRSS() as rss, address_space_cap(settings.automl_address_space_headroom_mb):
+        phases = Phases(rss)
         try:
             with phases("load"):
                 table = _load(path, options, budget, rss.current_mb())
@@ -109,9 +119,10 @@ def run_automl(
             data, options, settings, budget, rss, phases, lightweight_reason
         )
         with phases("evaluate"):
-            metrics = held_out_metrics(
-                fitted.search.estimator, fitted.x_test, data.y_test, data.task_type
+            predicted = predict_in_chunks(
+                fitted.search.estimator, fitted.features.transform, data.x_test
             )
+            metrics = held_out_metrics(predicted, data.y_test, data.task_type)
         with phases("save"):
             artifact = Artifact(
                 data.task_type,
@@ -132,6 +143,7 @@ def run_automl(
         baseline_rss_mb=round(rss.baseline_mb, 1),
         estimated_peak_mb=fitted.plan.estimated_peak_mb,
         peak_rss_mb=round(rss.peak_mb, 1),
+        phase_peak_rss_mb=dict(rss.phase_peaks_mb),
     )
     return AutoMLResult(
         task_type="regression" if data.task_type == "regression" else "classification",
@@ -148,7 +160,7 @@ def run_automl(
             "engineered": fitted.features.formulas,
             "engineered_from": fitted.features.engineered_from,
             "inputs": data.encoder.output_names,
-            "count": int(fitted.x_test.shape[1]),
+            "count": fitted.feature_count,
         },
         memory=memory,
         phase_seconds=phases.seconds,
@@ -267,10 +279,10 @@ def _attempt(
             features = engineer_features(
                 data.x_train, data.y_train, data.task_type, plan, options.random_state
             )
+        with phases(f"transform_{plan.mode}"):
             rows = np.random.default_rng(options.random_state).permutation(len(data.y_train))
             rows = np.sort(rows[: plan.model_rows])
             x_train = features.transform(data.x_train.iloc[rows])
-            x_test = features.transform(data.x_test)
         with phases(f"model_search_{plan.mode}"):
             search = search_models(
                 x_train,
@@ -285,4 +297,4 @@ def _attempt(
         message = f"MemoryError in the {plan.mode} plan: {exc}".strip()
         log.warning("automl %s", message)
         return None, message
-    return Fitted(plan, features, search, x_test), ""
+    return Fitted(plan, features, search, int(x_train.shape[1])), ""

@@ -20,15 +20,21 @@ from tasks.automl.options import Mode
 
 MB = 1024 * 1024
 
-#: fixed cost of one two-step autofeat fit (numba/LLVM compiles, sympy): ~130 MB, fitted to
-#: 5k and 20k rows x 903 generated features (peak RSS 263 MB and 679 MB above baseline)
-FEATENG_FIXED_MB = 130.0
-#: one step compiles no combinations: 300 rows x 28 features peaked 66 MB above baseline
-FEATENG_FIXED_ONE_STEP_MB = 66.0
-#: bytes per generated cell at peak, as a multiple of autofeat's 4-byte estimate: the same two
-#: runs grew 8x faster than rows * features * 4 (join copies, scaled copy, LassoLarsCV float64)
+#: peak of one autofeat fit above the baseline = fixed + rows x per-row + rows x generated x
+#: bytes per cell, fitted to ``python -m bench.automl_memory`` (2 cores, autofeat 2.1.3):
+#: two steps, 5k-40k rows x 136-528 generated features peaked 252-1248 MB, i.e. ~110 MB
+#: + ~19 KB a row (step two's candidate combinations, whatever survives) + ~32 B a cell;
+#: the constants are rounded up from the fit.
+FEATENG_FIXED_MB = 120.0
+FEATENG_ROW_BYTES = 20_000.0
+#: one step (lightweight: 15-20 features): 2k and 20k rows peaked 77 and 100 MB
+FEATENG_FIXED_ONE_STEP_MB = 80.0
+FEATENG_ROW_BYTES_ONE_STEP = 1_000.0
+#: bytes per generated cell at peak, as a multiple of autofeat's 4-byte estimate (its join
+#: copies, the scaled copy and LassoLarsCV's float64 copies)
 FEATENG_COPIES = 8.0
-#: model search holds the float32 matrix, a float64 copy per fit and the CV fold views
+#: model search holds the float32 matrix, a float64 copy per fit and the CV fold views (the
+#: held-out rows are transformed and scored afterwards, in chunks: ``pipeline.EVAL_CHUNK_ROWS``)
 MODEL_COPIES = 4.0
 #: share of the free budget the loaded frame may take; the remaining 3/4 covers the matrix
 #: copies above (a frame over a quarter of the budget cannot be trained on without sampling)
@@ -54,8 +60,8 @@ class Tier:
     #: the same for classification, whose L1 logistic selection (saga) is ~10x slower per
     #: feature: wine with 300 candidates took 57 s on 2 cores, with 78 a few seconds
     max_generated_classification: int
-    #: rows autofeat fits on; formulas found on a sample transfer to all rows (20k x 300
-    #: features measured ~310 MB and ~10 s on 2 cores)
+    #: rows autofeat fits on; formulas found on a sample transfer to all rows (20k rows x 300
+    #: features measured 665 MB above baseline and ~24 s on 2 cores)
     max_feateng_rows: int
     #: rows the model search trains on
     max_model_rows: int
@@ -185,13 +191,18 @@ def _fixed_mb(steps: int) -> float:
     return FEATENG_FIXED_ONE_STEP_MB if steps == 1 else FEATENG_FIXED_MB
 
 
+def _feateng_row_bytes(generated: int, steps: int) -> float:
+    per_row = FEATENG_ROW_BYTES_ONE_STEP if steps == 1 else FEATENG_ROW_BYTES
+    return per_row + generated * 4 * FEATENG_COPIES
+
+
 def _feateng_mb(rows: int, generated: int, steps: int) -> float:
-    return _fixed_mb(steps) + rows * generated * 4 * FEATENG_COPIES / MB
+    return _fixed_mb(steps) + rows * _feateng_row_bytes(generated, steps) / MB
 
 
 def _feateng_rows_fitting(free_mb: float, generated: int, steps: int) -> int:
     room = (free_mb - _fixed_mb(steps)) * MB
-    return max(int(room / (generated * 4 * FEATENG_COPIES)), 0) if room > 0 else 0
+    return max(int(room / _feateng_row_bytes(generated, steps)), 0) if room > 0 else 0
 
 
 def _model_rows_fitting(free_mb: float, final_features: int) -> int:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import (
@@ -31,6 +33,8 @@ from threadpoolctl import threadpool_limits
 
 from tasks.automl.planner import Plan
 
+#: rows transformed and predicted at a time (held-out scoring and ``tasks.automl_predict``)
+PREDICT_CHUNK_ROWS = 20_000
 #: ridge penalties tried by RidgeCV's efficient leave-one-out
 RIDGE_ALPHAS = np.logspace(-3, 3, 13)
 #: leaves per forest tree; a tree holds ~2x leaves nodes of ~80 B, so 200 trees stay ~130 MB
@@ -107,13 +111,23 @@ def search_models(
     return SearchOutcome(best["model"], winner, best["cv_score"], leaderboard, scoring)
 
 
-def held_out_metrics(
-    estimator: Any, x: NDArray[Any], y: NDArray[Any], task_type: str
-) -> dict[str, float]:
-    """Metrics on rows the search never saw."""
+def predict_in_chunks(
+    estimator: Any, transform: Callable[[pd.DataFrame], NDArray[Any]], frame: pd.DataFrame
+) -> NDArray[Any]:
+    """``estimator.predict(transform(rows))`` ``PREDICT_CHUNK_ROWS`` rows at a time, on one
+    thread: the engineered matrix of a large table never has to fit in memory whole (200k
+    rows x 300 features take ~700 MB with autofeat's copies)."""
+    parts = []
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        predicted = estimator.predict(x)
+        for start in range(0, len(frame), PREDICT_CHUNK_ROWS):
+            chunk = transform(frame.iloc[start : start + PREDICT_CHUNK_ROWS])
+            parts.append(np.asarray(estimator.predict(chunk)))
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def held_out_metrics(predicted: NDArray[Any], y: NDArray[Any], task_type: str) -> dict[str, float]:
+    """Metrics on rows the search never saw."""
     if task_type == "regression":
         return {
             "r2": round(float(r2_score(y, predicted)), 6),
