@@ -146,7 +146,12 @@ class Settings(BaseSettings):
         "reject", description="Audio over the maximum: trim to it or reject the job."
     )
     transcribe_batch_size: int = Field(16, ge=1, description="Short clips grouped per flush.")
-    transcribe_flush_interval_s: float = Field(0.5, gt=0, description="Clip buffer flush time.")
+    transcribe_flush_interval_s: float = Field(
+        0.1,
+        gt=0,
+        description="Clip buffer flush time: a lone job waits up to this long before it starts "
+        "(at 0.5 s a 35 s clip took 1.06x direct); a burst arrives within it and is grouped.",
+    )
     transcribe_time_limit_s: int = Field(1800, description="Hard time limit per transcribe job.")
     whisper_batched: Literal["auto", "on", "off"] = Field(
         "auto",

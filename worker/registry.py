@@ -7,6 +7,7 @@ the first job pays no load; with ``MLWORKER_PRELOAD=false`` the first ``get`` lo
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -113,6 +114,11 @@ class ModelRegistry:
         entry.rss_delta_mb = (proc.memory_info().rss - rss_before) / MB
         entry.loads += 1
         entry.loaded = loaded
+        # What exists now lives as long as the process (interpreter, libraries, the model's
+        # object graph): move it out of the collector's reach, so the memory guard's periodic
+        # full gc walks only what jobs allocated (measured: gc 4.4% of a tag child's samples)
+        gc.collect()
+        gc.freeze()
         log.info(
             "model loaded name=%s model=%s backend=%s seconds=%.2f rss_delta_mb=%.0f pid=%d",
             name,
@@ -128,6 +134,7 @@ class ModelRegistry:
         entry = self._entry(name)
         with entry.lock:
             entry.loaded = None
+        gc.unfreeze()  # frozen objects are never collected: let the evicted model's cycles go
 
     def preload(self, names: Iterable[str]) -> None:
         for name in names:
