@@ -147,10 +147,7 @@ class Settings(BaseSettings):
     )
     transcribe_batch_size: int = Field(16, ge=1, description="Short clips grouped per flush.")
     transcribe_flush_interval_s: float = Field(
-        0.1,
-        gt=0,
-        description="Clip buffer flush time: a lone job waits up to this long before it starts "
-        "(at 0.5 s a 35 s clip took 1.06x direct); a burst arrives within it and is grouped.",
+        0.5, gt=0, description="Longest a buffered clip waits for batch-mates."
     )
     transcribe_time_limit_s: int = Field(1800, description="Hard time limit per transcribe job.")
     whisper_batched: Literal["auto", "on", "off"] = Field(
@@ -192,8 +189,17 @@ class Settings(BaseSettings):
         description="Likewise for the share of FP32's top-k tags the exported model agrees on.",
     )
     embedder_verify_top_k: int = Field(5, ge=1, description="k of the tag agreement check.")
+    batch_idle_flush_s: float = Field(
+        0.05,
+        ge=0,
+        description="Batched tasks flush a partial buffer once no request has arrived for this "
+        "long: a lone job starts at once, a burst keeps filling (the flush interval caps the "
+        "wait). 0 = flush on the interval timer only (a lone 35 s clip then took 1.06x direct).",
+    )
     tags_batch_size: int = Field(64, ge=1, description="Documents grouped per flush.")
-    tags_flush_interval_s: float = Field(0.2, gt=0, description="Tag buffer flush time.")
+    tags_flush_interval_s: float = Field(
+        0.2, gt=0, description="Longest a buffered document waits for batch-mates."
+    )
     tags_time_limit_s: int = Field(300, description="Hard time limit per tag batch.")
 
     # --- automl ---------------------------------------------------------------------------

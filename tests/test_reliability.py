@@ -348,7 +348,9 @@ def test_sigterm_requeues_buffered_messages_within_the_grace_time(
         env = {**worker_env, "MLWORKER_REDIS_URL": server.url, "MLWORKER_SHUTDOWN_GRACE_S": "5"}
         app = build_app(Settings(redis_url=server.url))  # type: ignore[arg-type]
         made = Stack(server, app, env, tmp_path)
-        worker = made.worker("tags", MLWORKER_TAGS_FLUSH_INTERVAL_S="600")
+        worker = made.worker(
+            "tags", MLWORKER_TAGS_FLUSH_INTERVAL_S="600", MLWORKER_BATCH_IDLE_FLUSH_S="0"
+        )
         ids = [made.send(T, {"text": d}) for d in DOCS[200:300]]  # a batch of 64 + 36 buffered
         time.sleep(2)
         started = time.monotonic()

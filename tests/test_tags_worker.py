@@ -25,6 +25,7 @@ from worker.redis_server import EmbeddedRedis
 TASK = "tasks.extract_tags"
 #: long enough that 64 quickly sent requests flush by count, not by the timer
 BATCH_FLUSH_S = "30"  # long: only a full batch (64) flushes, so a send cannot straddle a tick
+COUNT_ONLY = {"MLWORKER_TAGS_FLUSH_INTERVAL_S": BATCH_FLUSH_S, "MLWORKER_BATCH_IDLE_FLUSH_S": "0"}
 RESULT_TIMEOUT_S = 240
 
 
@@ -54,7 +55,7 @@ def _send(app: Celery, kwargs_list: list[dict[str, Any]]) -> list[AsyncResult]:
 @pytest.fixture(scope="class")
 def worker(start_worker: Callable[..., WorkerProcess]) -> Iterator[WorkerProcess]:
     """One tags worker per test class, stopped before the SIGTERM test starts its own."""
-    proc = start_worker("tags", MLWORKER_TAGS_FLUSH_INTERVAL_S=BATCH_FLUSH_S)
+    proc = start_worker("tags", **COUNT_ONLY)
     yield proc
     proc.stop()
 
@@ -121,6 +122,25 @@ class TestBatchedWorker:
         assert len(wide_tags) == 6 and all(" " in t["tag"] for t in wide_tags)
 
 
+def test_idle_flush_starts_a_lone_job_at_once_and_groups_a_burst(
+    start_worker: Callable[..., WorkerProcess], client_app: Celery
+) -> None:
+    """With the idle rule a lone request runs without waiting out the (30 s) interval,
+    while requests sent back to back still share a batch."""
+    proc = start_worker("tags", MLWORKER_TAGS_FLUSH_INTERVAL_S=BATCH_FLUSH_S)
+    try:
+        started = time.monotonic()
+        [lone] = _send(client_app, [{"text": documents(1)[0]}])
+        payload = lone.get(timeout=RESULT_TIMEOUT_S)
+        waited = time.monotonic() - started
+        assert payload["batch"]["size"] == 1 and waited < float(BATCH_FLUSH_S) / 2, waited
+        burst = _send(client_app, [{"text": d} for d in documents(40)])
+        sizes = [r.get(timeout=RESULT_TIMEOUT_S)["batch"]["size"] for r in burst]
+        assert max(sizes) >= 10, f"a burst of 40 was not grouped: {sorted(set(sizes))}"
+    finally:
+        proc.stop()
+
+
 def _queued_ids(client: redis.Redis, queue: str = "tags") -> set[str]:
     """Task ids of the messages waiting in ``queue`` (kombu's Redis list)."""
     raw: list[bytes] = client.lrange(queue, 0, -1)  # type: ignore[assignment]
@@ -143,7 +163,9 @@ def test_sigterm_with_partly_filled_buffer_loses_nothing(
 ) -> None:
     """SIGTERM with a flushed batch and a partial buffer: each request is done or requeued."""
     # flush by count only: 64 run as a batch, the other 10 wait in the buffer
-    first = start_worker("tags", MLWORKER_TAGS_FLUSH_INTERVAL_S="600")
+    first = start_worker(
+        "tags", MLWORKER_TAGS_FLUSH_INTERVAL_S="600", MLWORKER_BATCH_IDLE_FLUSH_S="0"
+    )
     docs = documents(74)
     results = _send(client_app, [{"text": d} for d in docs])
     _wait_until(lambda: not _queued_ids(redis_client), 30, "worker never reserved the messages")

@@ -64,12 +64,27 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
         """
         return max(1, int(self.flush_every))
 
+    #: flush a partial buffer once no request has arrived for this long, so a lone job starts
+    #: at once while a burst keeps filling the buffer; ``flush_interval`` still caps how long
+    #: the oldest buffered request waits. 0: celery-batches' plain periodic timer (a lone job
+    #: waits up to ``flush_interval``, and a burst that straddles a tick is split).
+    flush_idle_s: float = 0.0
+    _first_arrival: float | None = None
+    _last_arrival: float = 0.0
+
+    def _tick_s(self) -> float:
+        """Period of the flush timer: the plain interval, or fine enough for the idle rule."""
+        if self.flush_idle_s <= 0:
+            return float(self.flush_interval)
+        return max(0.005, min(self.flush_idle_s, float(self.flush_interval)) / 2)
+
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 - Celery's name
         """Rebuilt on every consumer (re)start; give the new consumer its own flush timer.
 
         celery-batches keeps ``_tref`` from the consumer that died with the broker
         connection, so after a reconnect it never starts a timer again and a partial buffer
-        waits for a full one (celery-batches #99/#107).
+        waits for a full one (celery-batches #99/#107). The handler notes arrival times for
+        the idle rule (``flush_idle_s``) and runs the timer at ``_tick_s``.
         """
         stale = getattr(self, "_tref", None)
         if stale is not None:
@@ -77,8 +92,32 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
         self._tref = None
         strategy = super().Strategy(task, app, consumer)
         if self._buffer.qsize() or self._pending.qsize():
-            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
-        return strategy
+            self._tref = consumer.timer.call_repeatedly(self._tick_s(), self._do_flush)
+
+        def handler(*args: Any, **kwargs: Any) -> None:
+            now = time.monotonic()
+            if self._first_arrival is None:
+                self._first_arrival = now
+            self._last_arrival = now
+            started_timer = self._tref is None
+            strategy(*args, **kwargs)  # buffers the request; starts the timer, flushes if full
+            if started_timer and self._tref is not None and self.flush_idle_s > 0:
+                self._tref.cancel()
+                self._tref = consumer.timer.call_repeatedly(self._tick_s(), self._do_flush)
+
+        return handler
+
+    def _do_flush(self) -> None:
+        """celery-batches' flush, skipped on a timer tick while a partial buffer still fills."""
+        buffered = self._buffer.qsize()
+        if self.flush_idle_s > 0 and 0 < buffered < self.flush_every:
+            now = time.monotonic()
+            first = self._first_arrival if self._first_arrival is not None else now
+            quiet = now - self._last_arrival >= self.flush_idle_s
+            if not quiet and now - first < self.flush_interval:
+                return
+        self._first_arrival = None
+        super()._do_flush()
 
     def flush(self, requests: Collection[Request]) -> Any:
         """celery-batches' flush plus what happens when the child dies or times out.

@@ -92,7 +92,7 @@ BATCH_SIZE = Spec(
 BATCH_FLUSHES = Spec(
     "mlworker_batch_flushes",
     "counter",
-    "Batch flushes by reason: full (flush_every reached) or interval (timer).",
+    "Batch flushes by reason: full (flush_every reached) or interval (timer: idle or max wait).",
     ("family", "reason"),
 )
 #: a bundled MiniLM loads in about a second, whisper models in seconds to a minute

@@ -34,6 +34,7 @@ class ExtractTags(IsolatedBatches[TagRequest]):
         settings = get_settings()
         self.flush_every = settings.tags_batch_size
         self.flush_interval = settings.tags_flush_interval_s
+        self.flush_idle_s = settings.batch_idle_flush_s
 
     def parse(self, kwargs: dict[str, Any]) -> TagRequest:
         return parse_request(kwargs, max_text_chars=get_settings().max_text_chars)

@@ -30,6 +30,7 @@ class TranscribeTask(IsolatedBatches[TranscribeRequest]):
     name = "tasks.transcribe"
     flush_every = _settings.transcribe_batch_size
     flush_interval = _settings.transcribe_flush_interval_s
+    flush_idle_s = _settings.batch_idle_flush_s
     _runner: TranscriptionRunner | None = None
 
     @property
