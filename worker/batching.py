@@ -64,13 +64,16 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
         """
         return max(1, int(self.flush_every))
 
-    #: flush a partial buffer once no request has arrived for this long, so a lone job starts
-    #: at once while a burst keeps filling the buffer; ``flush_interval`` still caps how long
-    #: the oldest buffered request waits. 0: celery-batches' plain periodic timer (a lone job
-    #: waits up to ``flush_interval``, and a burst that straddles a tick is split).
+    #: flush a partial buffer once no request has arrived for this long while a pool child is
+    #: free, so a lone job starts at once; with every child busy the buffer keeps filling
+    #: (a flush could only queue behind the running batch). ``flush_interval`` still caps how
+    #: long the oldest buffered request waits. 0: celery-batches' plain periodic timer (a
+    #: lone job waits up to ``flush_interval``, and a burst that straddles a tick is split).
     flush_idle_s: float = 0.0
     _first_arrival: float | None = None
     _last_arrival: float = 0.0
+    #: batches handed to the pool and not yet returned (consumer process only)
+    _in_flight: int = 0
 
     def _tick_s(self) -> float:
         """Period of the flush timer: the plain interval, or fine enough for the idle rule."""
@@ -113,8 +116,9 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
         if self.flush_idle_s > 0 and 0 < buffered < self.flush_every:
             now = time.monotonic()
             first = self._first_arrival if self._first_arrival is not None else now
+            children = max(1, int(getattr(self._pool, "num_processes", 1) or 1))
             quiet = now - self._last_arrival >= self.flush_idle_s
-            if not quiet and now - first < self.flush_interval:
+            if (self._in_flight >= children or not quiet) and now - first < self.flush_interval:
                 return
         self._first_arrival = None
         super()._do_flush()
@@ -136,10 +140,12 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
                 request.acknowledge()
 
         def on_return(result: Any) -> None:
+            self._in_flight -= 1
             for request in late:
                 request.acknowledge()
 
         def on_error(einfo: Any) -> None:
+            self._in_flight -= 1
             exc = getattr(einfo, "exception", einfo)
             exc = getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback wrapper
             if isinstance(exc, WorkerLostError) and self.reject_on_worker_lost:
@@ -151,16 +157,21 @@ class IsolatedBatches(Batches, Generic[Item]):  # type: ignore[misc]
                 self.backend.mark_as_failure(request.id, exc, request=None)
                 request.acknowledge()
 
-        return self._pool.apply_async(
-            apply_batches_task,
-            (self, simple, 0, None),
-            accept_callback=on_accepted,
-            callback=on_return,
-            error_callback=on_error,
-            # celery-batches passes no limits: the task's time limits apply to the batch
-            timeout=self.time_limit,
-            soft_timeout=self.soft_time_limit,
-        )
+        self._in_flight += 1
+        try:
+            return self._pool.apply_async(
+                apply_batches_task,
+                (self, simple, 0, None),
+                accept_callback=on_accepted,
+                callback=on_return,
+                error_callback=on_error,
+                # celery-batches passes no limits: the task's time limits apply to the batch
+                timeout=self.time_limit,
+                soft_timeout=self.soft_time_limit,
+            )
+        except BaseException:
+            self._in_flight -= 1
+            raise
 
     # celery-batches calls run() with the list of requests in the pool child.
     def run(self, requests: list[SimpleRequest]) -> None:  # type: ignore[override]
