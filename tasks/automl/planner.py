@@ -34,7 +34,7 @@ FEATENG_ROW_BYTES_ONE_STEP = 1_000.0
 #: copies, the scaled copy and LassoLarsCV's float64 copies)
 FEATENG_COPIES = 8.0
 #: model search holds the float32 matrix, a float64 copy per fit and the CV fold views (the
-#: held-out rows are transformed and scored afterwards, in chunks: ``pipeline.EVAL_CHUNK_ROWS``)
+#: held-out rows are transformed and scored afterwards, ``search.PREDICT_CHUNK_ROWS`` at a time)
 MODEL_COPIES = 4.0
 #: share of the free budget the loaded frame may take; the remaining 3/4 covers the matrix
 #: copies above (a frame over a quarter of the budget cannot be trained on without sampling)
