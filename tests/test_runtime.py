@@ -113,9 +113,11 @@ def test_up_then_sigint_leaves_no_process_behind(tmp_path: Path) -> None:
         HF_HUB_OFFLINE="1",
     )
     logs = tmp_path / "logs"
+    up_log = (tmp_path / "up.log").open("wb")  # a file, never a pipe nobody reads
     up = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "up", "--queues", "tags", "--log-dir", str(logs)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-X", "faulthandler", "-m", "worker.cli", "up", "--queues", "tags",
+         "--log-dir", str(logs)],
+        env=env, stdout=up_log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 180
@@ -127,7 +129,7 @@ def test_up_then_sigint_leaves_no_process_behind(tmp_path: Path) -> None:
             )
             if "mlworker child ready" in log and len(_descendants(up.pid)) >= 4:
                 break
-            assert up.poll() is None, up.stdout.read() if up.stdout else ""
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
             time.sleep(0.5)
         else:
             pytest.fail("stack did not come up")
@@ -136,13 +138,19 @@ def test_up_then_sigint_leaves_no_process_behind(tmp_path: Path) -> None:
         assert "redis-server" in names and "flower" in names and "metrics" in names
         assert "worker --queues tags" in names
         up.send_signal(signal.SIGINT)
-        assert up.wait(90) == 0
+        try:
+            assert up.wait(90) == 0, (tmp_path / "up.log").read_text()
+        except subprocess.TimeoutExpired:
+            up.send_signal(signal.SIGABRT)  # faulthandler: every thread's stack into up.log
+            up.wait(10)
+            pytest.fail("up ignored SIGINT for 90 s:\n" + (tmp_path / "up.log").read_text())
         gone, alive = psutil.wait_procs(procs, timeout=10)
         assert alive == [], [p.cmdline() for p in alive]
         assert not (tmp_path / "state" / "embedded-redis.json").exists()
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
+        up_log.close()
 
 
 def _free_port() -> int:
