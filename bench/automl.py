@@ -6,9 +6,11 @@ synthetic regression table, against the budget the bench worker is configured wi
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +39,26 @@ def make_table(path: Path, rows: int, columns: int) -> None:
     frame.to_csv(path, index=False)
 
 
-def naive(path: Path, plan: Plan) -> dict[str, Any]:
-    """``bench.naive_automl`` in a subprocess, peak RSS sampled, bounded by timeout and RSS."""
-    ceiling = RSS_CEILING_FACTOR * plan.automl_budget_mb
-    cmd = [sys.executable, "-m", "bench.naive_automl", str(path), TARGET]
+@dataclass
+class Watched:
+    """A finished (or stopped) subprocess: its stdout, wall time and sampled peak RSS."""
+
+    output: str
+    seconds: float
+    peak_rss_mb: float
+    stopped: str  #: "" when it ran to the end, else "timeout" or "rss_ceiling"
+
+
+def run_watched(
+    cmd: list[str],
+    *,
+    timeout_s: float = math.inf,
+    ceiling_mb: float = math.inf,
+    stderr: int | None = None,
+) -> Watched:
+    """Run ``cmd``, sampling its RSS every ``SAMPLE_S``; kill it past the time or RSS bound."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
     watched = psutil.Process(proc.pid)
     peak, stopped = 0.0, ""
     while proc.poll() is None:
@@ -51,13 +67,24 @@ def naive(path: Path, plan: Plan) -> dict[str, Any]:
         except psutil.Error:
             break
         elapsed = time.perf_counter() - started
-        if elapsed > plan.naive_automl_timeout_s or peak > ceiling:
-            stopped = "timeout" if peak <= ceiling else "rss_ceiling"
+        if elapsed > timeout_s or peak > ceiling_mb:
+            stopped = "timeout" if peak <= ceiling_mb else "rss_ceiling"
             proc.kill()
             break
         time.sleep(SAMPLE_S)
     output = proc.communicate()[0]
-    seconds = time.perf_counter() - started
+    return Watched(output, time.perf_counter() - started, peak, stopped)
+
+
+def naive(path: Path, plan: Plan) -> dict[str, Any]:
+    """``bench.naive_automl`` in a subprocess, peak RSS sampled, bounded by timeout and RSS."""
+    run = run_watched(
+        [sys.executable, "-m", "bench.naive_automl", str(path), TARGET],
+        timeout_s=plan.naive_automl_timeout_s,
+        ceiling_mb=RSS_CEILING_FACTOR * plan.automl_budget_mb,
+        stderr=subprocess.DEVNULL,
+    )
+    output, seconds, peak, stopped = run.output, run.seconds, run.peak_rss_mb, run.stopped
     report = json.loads(output.strip().splitlines()[-1]) if not stopped and output else {}
     progress(
         f"  naive autofeat: {'stopped by ' + stopped if stopped else 'finished'} after "

@@ -14,15 +14,11 @@ import argparse
 import dataclasses
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
-
-from bench.automl import TARGET, make_table, naive
+from bench.automl import TARGET, make_table, naive, run_watched
 from bench.plan import make_plan
 
 MB = 1024 * 1024
@@ -44,18 +40,9 @@ print(json.dumps({"r2": r["metrics"].get("r2"), "memory": r["memory"], "mode": r
 def memory_aware(root: Path, budget_mb: int) -> dict[str, object]:
     out = str(root / "out")
     cmd = [sys.executable, "-c", _PIPELINE, str(root), out, str(budget_mb), TARGET]
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    watched, peak = psutil.Process(proc.pid), 0.0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, watched.memory_info().rss / MB)
-        except psutil.Error:
-            break
-        time.sleep(0.05)
-    output = proc.communicate()[0]
-    report = json.loads(output.strip().splitlines()[-1])
-    return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak, **report}
+    run = run_watched(cmd)
+    report = json.loads(run.output.strip().splitlines()[-1])
+    return {"seconds": run.seconds, "peak_rss_mb": run.peak_rss_mb, **report}
 
 
 def main() -> None:
