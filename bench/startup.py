@@ -17,7 +17,8 @@ import psutil
 
 from config import Settings
 from tests.support import WorkerProcess
-from worker.app import FAMILY_QUEUES, build_app
+from worker.app import build_app
+from worker.families import load_families
 from worker.redis_server import EmbeddedRedis
 
 MB = 1024 * 1024
@@ -36,7 +37,7 @@ def main() -> None:
         app = build_app(Settings(redis_url=server.url))  # type: ignore[arg-type]
         print("| queue | start-to-ready s | parent RSS MB | child RSS MB (after preload) |")
         print("|---|---|---|---|")
-        for queue in FAMILY_QUEUES:
+        for queue in load_families().queues:
             worker = WorkerProcess(queue, env, base)
             started = time.perf_counter()
             worker.start(app)

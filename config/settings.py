@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -88,10 +88,16 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         60.0, description="SIGTERM: time for a running job or batch to finish."
     )
+    extra_families: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Job families beyond the built-in ones: comma-separated "
+        "'package.module:FAMILY' paths to FamilySpec objects (see README, Adding a job family).",
+    )
     test_hooks: bool = Field(
         False,
-        description="Honour test-only kwargs (``_test_kill_child``: the child SIGKILLs itself); "
-        "for the reliability tests only, never in production.",
+        description="Honour test-only kwargs (``_test_kill_child``: the child SIGKILLs itself; "
+        "``_test_memory_error``: a real MemoryError in normal mode); for tests only, never in "
+        "production.",
     )
 
     # --- memory guard ---------------------------------------------------------------------
@@ -158,13 +164,6 @@ class Settings(BaseSettings):
     whisper_batched_chunks: int = Field(
         8, ge=1, description="30 s chunks per BatchedInferencePipeline call (long audio)."
     )
-    transcribe_test_reserve_mb: int = Field(
-        0,
-        ge=0,
-        description="Test hook: the normal path allocates this much before the model call, so "
-        "a huge value raises a real MemoryError there; 0 = off.",
-    )
-
     # --- tags -----------------------------------------------------------------------------
     embedder_model: str = Field(
         "bundled:all-MiniLM-L6-v2",
@@ -239,6 +238,13 @@ class Settings(BaseSettings):
         "auto", description="Worker log lines: auto = JSON when stderr is not a terminal."
     )
 
+    @field_validator("extra_families", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
     @field_validator("input_root", "output_root", "state_dir", "model_cache_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -254,11 +260,12 @@ class Settings(BaseSettings):
             return self.result_url.get_secret_value()
         return self.broker_url()
 
-    def child_threads(self) -> int:
-        """Threads one child may use so that all children together fit the cores."""
+    def child_threads(self, concurrency: int | None = None) -> int:
+        """Threads one child may use so that all ``concurrency`` children (default: the
+        configured count) together fit the cores."""
         if self.threads_per_child:
             return self.threads_per_child
-        return max(1, (os.cpu_count() or 1) // self.concurrency)
+        return max(1, (os.cpu_count() or 1) // (concurrency or self.concurrency))
 
 
 @lru_cache(maxsize=1)

@@ -183,8 +183,8 @@ def test_onnx_path_imports_no_torch(cache: Path) -> None:
     assert out.stdout.strip() == "False", out.stderr[-2000:]
 
 
-def test_vendored_mmr_matches_keybert() -> None:
-    """tasks.tags.mmr gives exactly KeyBERT's MMR picks and scores (it replaces the import)."""
+def test_mmr_matches_keybert() -> None:
+    """Our own MMR (tasks.tags.mmr) gives exactly KeyBERT's picks and scores on random vectors."""
     from keybert._mmr import mmr as keybert_mmr
 
     from tasks.tags.mmr import mmr

@@ -16,6 +16,7 @@ from sklearn.model_selection import train_test_split
 
 from tests.support import WorkerProcess
 from worker.errors import InvalidInput, PathOutsideRoot, UnreadableInput
+from worker.test_hooks import MEMORY_ERROR_HOOK
 
 #: a job on a bundled dataset takes ~10-20 s on 2 shared cores
 JOB_TIMEOUT_S = 300
@@ -111,6 +112,25 @@ def test_memory_error_in_normal_plan_falls_back_to_lightweight(
     assert result["mode"] == "lightweight"
     assert "MemoryError" in result["mode_reason"]
     assert result["metrics"]["r2"] > 0.5
+
+
+@pytest.mark.parametrize("name", ["tasks.automl", "tasks.automl_predict"])
+def test_memory_error_hook_retries_plain_tasks_lightweight(
+    client_app: Celery,
+    start_worker: Callable[..., WorkerProcess],
+    tables: dict[str, pd.DataFrame],
+    name: str,
+) -> None:
+    """A real MemoryError raised as a plain AutoML job starts normal runs it lightweight."""
+    start_worker("automl_hooks", MLWORKER_TEST_HOOKS="1")
+    trained = _run(client_app, queue="automl_hooks", data_path="diabetes.csv", target="target")
+    kwargs: dict[str, Any] = {"data_path": "diabetes.csv", MEMORY_ERROR_HOOK: "normal"}
+    if name == "tasks.automl":
+        kwargs["target"] = "target"
+    else:
+        kwargs["model_path"] = trained["model_path"]
+    result = _run(client_app, name, queue="automl_hooks", **kwargs)
+    assert result["mode"] == "lightweight" and "MemoryError" in result["mode_reason"]
 
 
 BAD_INPUTS: dict[str, tuple[str | None, dict[str, Any], type[Exception], str]] = {

@@ -11,11 +11,16 @@ import pytest
 import redis
 
 from config import Settings
-from worker.app import DEAD_LETTER_QUEUE, FAMILY_QUEUES, ROUTES, build_app
+from worker.app import build_app
 from worker.bundled import ModelIntegrityError, materialize_whisper, verify_sha256
 from worker.errors import InvalidInput, PathOutsideRoot
+from worker.families import load_families
+from worker.family import DEAD_LETTER_QUEUE
 from worker.paths import confined_path
 from worker.redis_server import EmbeddedRedis
+
+ROUTES = load_families().routes()
+FAMILY_QUEUES = load_families().queues
 
 
 def test_redis_url_sets_broker_and_backend() -> None:

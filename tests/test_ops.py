@@ -28,7 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config import Settings
 from tests.support import WorkerProcess
-from worker.app import FAMILY_QUEUES, build_app
+from worker.app import build_app
+from worker.families import load_families
 from worker.logs import redact
 from worker.redis_server import EmbeddedRedis
 
@@ -77,7 +78,7 @@ def test_compose_file_matches_compose_spec() -> None:
     compose = _compose()
     assert _validate(compose, _schema("compose-spec.json")) == []
     services = compose["services"]
-    for queue in FAMILY_QUEUES:
+    for queue in load_families().queues:
         worker = services[f"worker-{queue}"]
         assert worker["command"] == ["mlworker", "worker", "--queues", queue]
         assert "ports" not in worker and "container_name" not in worker  # --scale works
@@ -111,7 +112,7 @@ def test_k8s_scales_every_queue_on_its_list_length() -> None:
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     scaled = {d["spec"]["scaleTargetRef"]["name"]: d for d in docs if d["kind"] == "ScaledObject"}
     assert "flower" in deployments and "metrics" in deployments
-    for queue in FAMILY_QUEUES:
+    for queue in load_families().queues:
         container = deployments[f"worker-{queue}"]["spec"]["template"]["spec"]["containers"][0]
         assert container["command"] == ["mlworker", "worker", "--queues", queue]
         trigger = scaled[f"worker-{queue}"]["spec"]["triggers"][0]

@@ -29,11 +29,11 @@ from celery import Celery, states
 from config import Settings
 from tests.support import WorkerProcess
 from tests.transcription_support import AUDIO
-from worker.admission import KILL_HOOK
 from worker.app import build_app
 from worker.delivery import DELIVERY_KEY
 from worker.errors import InvalidInput
 from worker.redis_server import EmbeddedRedis
+from worker.test_hooks import KILL_HOOK
 
 #: in the broker URL of every process here; must never appear in a log line or a result
 PASSWORD = "rel-Zq7xK-s3cret-pw"

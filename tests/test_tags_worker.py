@@ -21,6 +21,7 @@ from tasks.tags.samples import JAPANESE, documents
 from tests.support import WorkerProcess
 from worker.errors import InputTooLarge, InvalidInput
 from worker.redis_server import EmbeddedRedis
+from worker.test_hooks import MEMORY_ERROR_HOOK
 
 TASK = "tasks.extract_tags"
 #: long enough that 64 quickly sent requests flush by count, not by the timer
@@ -179,3 +180,19 @@ def test_sigterm_with_partly_filled_buffer_loses_nothing(
     start_worker("tags")
     payloads = [r.get(timeout=RESULT_TIMEOUT_S) for r in results]
     assert all(len(p["tags"]) == 5 for p in payloads)
+
+
+def test_memory_error_in_normal_mode_retries_lightweight(
+    client_app: Celery, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A real MemoryError in a batch's normal run reruns it light: unigram tags, and why."""
+    start_worker("tags_hooks", MLWORKER_TEST_HOOKS="1")  # its own queue: no other worker
+    text = "Celery workers batch tag extraction requests for the sentence embedding model."
+    [hooked, mate] = [
+        client_app.send_task(TASK, kwargs=kwargs, queue="tags_hooks")
+        for kwargs in ({"text": text, MEMORY_ERROR_HOOK: "normal"}, {"text": text, "top_n": 3})
+    ]
+    result = hooked.get(timeout=RESULT_TIMEOUT_S)
+    assert result["mode"] == "lightweight" and "MemoryError" in result["mode_reason"]
+    assert result["tags"] and all(" " not in t["tag"] for t in result["tags"])
+    assert len(mate.get(timeout=RESULT_TIMEOUT_S)["tags"]) == 3

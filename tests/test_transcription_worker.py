@@ -24,6 +24,7 @@ from tests.transcription_support import (
     parse_cues,
     word_error_rate,
 )
+from worker.test_hooks import MEMORY_ERROR_HOOK
 
 MAX_S = 60  #: the worker's whisper_max_duration_s here: the 35 s clip fits, a 61 s one does not
 JOB_TIMEOUT = 240.0  #: two shared cores run whisper-base several times slower than real time
@@ -133,9 +134,10 @@ def test_memory_error_completes_lightweight(
     client_app: Celery, worker: WorkerProcess, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     """A real MemoryError in the normal path (test allocation hook) completes lightweight."""
-    worker.stop()  # only the hungry worker may take the next job
-    start_worker("transcribe", MLWORKER_TRANSCRIBE_TEST_RESERVE_MB=str(10**9))
-    result = _ok(_send(client_app, audio_path="speech_short.flac", language="en"))
+    worker.stop()  # only the worker with test hooks on may take the next job
+    start_worker("transcribe", MLWORKER_TEST_HOOKS="1")
+    hook = {MEMORY_ERROR_HOOK: "normal"}
+    result = _ok(_send(client_app, audio_path="speech_short.flac", language="en", **hook))
     assert result["mode"] == "lightweight"
     assert "MemoryError" in result["mode_reason"]
     assert word_error_rate(TEXTS["speech_short"], result["text"]) <= MAX_WER

@@ -1,8 +1,13 @@
-"""The Celery app, ``worker.app:app``, built from settings.
+"""The Celery app, ``worker.app:app``, built from settings by a pure function.
 
 JSON only (pickle/yaml refused: deserialising them is code execution over Redis), one queue
-per job family plus a dead-letter queue, routing by task name, late acks with requeue on a
-lost worker, a visibility timeout above the longest time limit.
+per registered job family plus a dead-letter queue, routing by task name, late acks with
+requeue on a lost worker, a visibility timeout above the longest time limit.
+
+Building the app connects no signal and imports no task: a client gets an app that can send
+and read jobs, nothing else. A *worker* built from it (``mlworker worker`` or ``celery -A
+worker.app:app worker``: both go through ``app.Worker``) registers its queues' tasks and
+installs the worker hooks itself (``worker.entry``).
 """
 
 from __future__ import annotations
@@ -11,46 +16,34 @@ from celery import Celery
 from kombu.entity import Exchange, Queue
 
 from config import Settings, get_settings
-
-#: family queue per task name; apps may ``send_task(name, kwargs=...)`` without our code.
-ROUTES = {
-    "tasks.transcribe": "transcribe",
-    "tasks.extract_tags": "tags",
-    "tasks.automl": "automl",
-    "tasks.automl_predict": "automl",
-}
-FAMILY_QUEUES = ("transcribe", "tags", "automl")
-DEAD_LETTER_QUEUE = "dead_letter"
-#: the task module each family queue needs; a worker imports only its queues' modules, so a
-#: tags worker's parent does not carry faster-whisper, autofeat and scikit-learn (~420 MB)
-TASK_MODULES = {
-    "transcribe": "tasks.transcription.task",
-    "tags": "tasks.tags.task",
-    "automl": "tasks.automl.task",
-}
-
-
-def task_modules(queues: str | None) -> list[str]:
-    """Modules for a comma-separated queue list; all of them when unset or not all known."""
-    names = [q.strip() for q in (queues or "").split(",") if q.strip()]
-    if not names or any(q not in TASK_MODULES for q in names):
-        return list(TASK_MODULES.values())
-    return [TASK_MODULES[q] for q in names]
-
+from worker.families import load_families
+from worker.family import DEAD_LETTER_QUEUE, Families
 
 #: the redis default a client falls back to when nothing is configured (the CLI never does)
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: the soft time limit's share of the hard one: the job fails cleanly before it is killed
+SOFT_LIMIT_SHARE = 0.9
 
 
-def build_app(settings: Settings | None = None) -> Celery:
-    """A configured Celery app; ``settings`` defaults to the environment's."""
+class MlworkerCelery(Celery):  # type: ignore[misc]
+    """Celery whose worker is mlworker's (``worker.entry.MlworkerWorker``)."""
+
+    @property
+    def Worker(self) -> type:  # noqa: N802 - Celery's name
+        return self.subclass_with_self("worker.entry:MlworkerWorker")  # type: ignore[no-any-return]
+
+
+def build_app(settings: Settings | None = None, families: Families | None = None) -> Celery:
+    """A configured Celery app for ``settings`` (default: the environment's) and the
+    registered ``families``; nothing else is read or changed."""
     s = settings or get_settings()
+    fams = families or load_families(s)
     broker = s.broker_url() or DEFAULT_REDIS_URL
     backend = s.backend_url() or broker
-    celery_app = Celery("mlworker", broker=broker, backend=backend, include=task_modules(None))
+    celery_app = MlworkerCelery("mlworker", broker=broker, backend=backend)
     exchange = Exchange("mlworker", type="direct")
-    longest_limit = max(s.transcribe_time_limit_s, s.tags_time_limit_s, s.automl_time_limit_s)
-    transport = {"visibility_timeout": max(s.visibility_timeout_s, longest_limit + 60)}
+    limits = {task.name: task.time_limit_s(s) for task in fams.tasks()}
+    transport = {"visibility_timeout": max(s.visibility_timeout_s, max(limits.values()) + 60)}
     celery_app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -58,21 +51,15 @@ def build_app(settings: Settings | None = None) -> Celery:
         accept_content=["json"],
         result_accept_content=["json"],
         task_queues=[
-            *(Queue(q, exchange, routing_key=q) for q in FAMILY_QUEUES),
+            *(Queue(q, exchange, routing_key=q) for q in fams.queues),
             Queue(DEAD_LETTER_QUEUE, exchange, routing_key=DEAD_LETTER_QUEUE),
         ],
         task_default_exchange="mlworker",
-        task_default_queue="tags",
-        task_routes={name: {"queue": q, "routing_key": q} for name, q in ROUTES.items()},
-        # hard limit per family; the soft limit (90%) lets a job fail cleanly first
+        task_default_queue=fams.queues[0],
+        task_routes={name: {"queue": q, "routing_key": q} for name, q in fams.routes().items()},
         task_annotations={
-            name: {"time_limit": limit, "soft_time_limit": int(limit * 0.9)}
-            for name, limit in (
-                ("tasks.transcribe", s.transcribe_time_limit_s),
-                ("tasks.extract_tags", s.tags_time_limit_s),
-                ("tasks.automl", s.automl_time_limit_s),
-                ("tasks.automl_predict", s.automl_time_limit_s),
-            )
+            name: {"time_limit": limit, "soft_time_limit": int(limit * SOFT_LIMIT_SHARE)}
+            for name, limit in limits.items()
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -80,7 +67,8 @@ def build_app(settings: Settings | None = None) -> Celery:
         task_track_started=True,
         task_send_sent_event=True,
         worker_send_task_events=True,
-        worker_prefetch_multiplier=1,
+        worker_prefetch_multiplier=1,  # the worker entry raises it for batched queues
+        worker_concurrency=s.concurrency,
         worker_proc_alive_timeout=s.proc_alive_timeout_s,
         # a child over the hard RSS threshold refuses jobs (worker.admission); recycle it
         worker_max_memory_per_child=(s.max_memory_per_child_mb or s.memory_hard_rss_mb) * 1024,
@@ -103,5 +91,3 @@ def build_app(settings: Settings | None = None) -> Celery:
 
 
 app = build_app()
-
-import worker.signals  # noqa: E402,F401  (connects the per-process model preload)

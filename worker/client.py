@@ -1,7 +1,8 @@
 """A small Python client for apps: submit jobs with typed options, get a handle back.
 
 Any other language can do the same with ``send_task``-compatible messages or Flower's REST
-API; this module only saves Python apps from spelling task names and kwargs by hand.
+API; this module only saves Python apps from spelling task names and kwargs by hand, and
+validates a request with the same model the worker uses before it is sent.
 
     from worker.client import MLClient
     client = MLClient("redis://localhost:6379/0")
@@ -12,14 +13,21 @@ API; this module only saves Python apps from spelling task names and kwargs by h
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from celery.result import AsyncResult
 
 from config import Settings, get_settings
 from worker.app import build_app
+from worker.families import load_families
+from worker.family import resolve
+
+if TYPE_CHECKING:
+    from worker.validation import RequestModel
 
 #: Redis key prefix marking an app-supplied job id as taken (idempotent resubmits)
 JOB_KEY = "mlworker:job:"
@@ -89,13 +97,23 @@ def _message(exc: dict[str, Any]) -> str:
 
 
 class MLClient:
-    """Submit mlworker jobs to the queues of one Redis."""
+    """Submit mlworker jobs to the queues of one Redis.
 
-    def __init__(self, redis_url: str | None = None, app: Celery | None = None) -> None:
-        if app is None:
+    ``send(request)`` takes any registered family's request model (the model the worker
+    validates with); each family also adds named helpers (``client.extract_tags(text)``,
+    ``client.transcribe(path)``, ...) declared in its spec's ``client`` table.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        app: Celery | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        if settings is None:
             settings = get_settings() if redis_url is None else Settings(redis_url=redis_url)  # type: ignore[arg-type]
-            app = build_app(settings)
-        self.app = app
+        self.families = load_families(settings)
+        self.app = app if app is not None else build_app(settings, self.families)
 
     def submit(self, task: str, kwargs: dict[str, Any], job_id: str | None = None) -> Job:
         """Send ``task`` with JSON ``kwargs``. A ``job_id`` seen before returns that job."""
@@ -113,54 +131,18 @@ class MLClient:
         del sent
         return job
 
-    def transcribe(
-        self,
-        audio_path: str | None = None,
-        *,
-        audio_b64: str | None = None,
-        language: str | None = None,
-        task: str = "transcribe",
-        beam_size: int | None = None,
-        vad_filter: bool = True,
-        word_timestamps: bool = False,
-        output_formats: list[str] | None = None,
-        job_id: str | None = None,
-        **options: Any,
-    ) -> Job:
-        """Transcribe a file under the input root (``audio_path``) or inline base64 audio."""
-        kwargs: dict[str, Any] = {
-            "language": language,
-            "task": task,
-            "vad_filter": vad_filter,
-            "word_timestamps": word_timestamps,
-            **options,
-        }
-        if audio_path is not None:
-            kwargs["audio_path"] = audio_path
-        if audio_b64 is not None:
-            kwargs["audio_b64"] = audio_b64
-        if beam_size is not None:
-            kwargs["beam_size"] = beam_size
-        if output_formats is not None:
-            kwargs["output_formats"] = output_formats
-        return self.submit("tasks.transcribe", kwargs, job_id)
+    def send(self, request: RequestModel, job_id: str | None = None) -> Job:
+        """Send a validated request to the task whose request model it is."""
+        task = self.families.task_of_request(type(request))
+        return self.submit(task.name, request.to_kwargs(), job_id)
 
-    def extract_tags(
-        self,
-        text: str,
-        top_n: int = 5,
-        *,
-        language: str = "auto",
-        job_id: str | None = None,
-        **options: Any,
-    ) -> Job:
-        """Extract ``top_n`` keyphrases from one document."""
-        kwargs = {"text": text, "top_n": top_n, "language": language, **options}
-        return self.submit("tasks.extract_tags", kwargs, job_id)
-
-    def automl(
-        self, data_path: str, target: str, *, job_id: str | None = None, **options: Any
-    ) -> Job:
-        """Train on a CSV/Parquet file under the input root, predicting column ``target``."""
-        kwargs = {"data_path": data_path, "target": target, **options}
-        return self.submit("tasks.automl", kwargs, job_id)
+    def __getattr__(self, name: str) -> Callable[..., Job]:
+        """A family's client helper, bound to this client (``client.extract_tags``)."""
+        if name.startswith("_") or "families" not in self.__dict__:
+            raise AttributeError(name)
+        path = self.families.client_helper(name)
+        if path is None:
+            raise AttributeError(
+                f"{type(self).__name__} has no attribute or family helper {name!r}"
+            )
+        return partial(resolve(path), self)

@@ -16,8 +16,8 @@ from typing import Any
 
 from celery import Celery
 
-from worker.app import DEAD_LETTER_QUEUE, ROUTES
 from worker.errors import JobError
+from worker.family import DEAD_LETTER_QUEUE
 
 DELIVERY_KEY = "mlworker:deliveries:"
 #: counters outlive any redelivery window but not the results they guard
@@ -126,6 +126,6 @@ def requeue_dead(app: Celery, job_id: str) -> DeadJob | None:
                 return None  # someone else requeued it first
         reset_deliveries(app, job.id)
         app.backend.forget(job.id)
-        app.send_task(job.task, kwargs=job.kwargs, task_id=job.id, queue=ROUTES.get(job.task))
+        app.send_task(job.task, kwargs=job.kwargs, task_id=job.id)  # routed by task name
         return job
     return None

@@ -1,96 +1,82 @@
-"""What every mlworker task shares: the task base class and the result envelope."""
+"""``PlainTask``: the Celery shell of an unbatched task (one message, one run).
+
+It hands its one job to ``worker.execution.Executor`` like a batched task hands its buffer,
+so admission, modes, the lightweight retry and isolation are the same code. What differs
+is the ending: the result is returned for Celery to store, a failure is raised, and a job
+that was requeued or had its result already is acknowledged without a new record
+(``Ignore``). Late ack, requeue if the child dies, no automatic retry.
+"""
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-from typing import Any, Literal
+from typing import Any, ClassVar
 
-from celery import Task, states
+from celery import Task
 from celery.exceptions import Ignore
 
 from config import get_settings
-from worker.errors import InsufficientMemory, JobError
-from worker.registry import registry
+from worker.admission import Ticket
+from worker.errors import JobError
+from worker.execution import Executor
+from worker.handler import Handler
 
-Mode = Literal["normal", "lightweight"]
 
-
-class MLTask(Task):  # type: ignore[misc]
-    """Plain (unbatched) job: late ack, requeue if the child dies, no automatic retry.
-
-    ``JobError`` subclasses are expected failures: stored with their type and message,
-    logged without a traceback, never retried.
-    """
+class PlainTask(Task):  # type: ignore[misc]
+    """``JobError`` subclasses are expected failures: stored with their type and message,
+    logged without a traceback, never retried. The runtime sets ``name``, ``handler`` and
+    ``family`` on a subclass per plain ``TaskSpec``."""
 
     abstract = True
     acks_late = True
     reject_on_worker_lost = True
     throws = (JobError,)
     max_retries = 0
-    typing = True
+    typing = False
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Admit the job (memory guard, delivery count), then run it with MemoryError kept in.
+    handler: ClassVar[Handler[Any]]
+    family: ClassVar[str] = ""
+    _executor: Executor[Any] | None = None
 
-        A hard memory refusal requeues the job with a countdown and is not counted as a
-        delivery. A MemoryError that escapes a task makes the worker parent re-raise it
-        (celery.worker.request.on_failure), so it becomes ``InsufficientMemory`` here.
-        """
-        from worker.admission import kill_this_child, memory_refusal, take_test_hooks
-        from worker.delivery import count_delivery, dead_letter
+    @property
+    def executor(self) -> Executor[Any]:
+        if self._executor is None:  # built in the child, whose memory guard must read
+            self._executor = Executor(self.app, self.handler, get_settings(), batched=False)
+        return self._executor
 
+    def run(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         request = self.request
-        original = dict(kwargs)  # a dead-lettered job keeps every kwarg it came with
-        kill = take_test_hooks(kwargs)
-        if request.id and not request.is_eager:
-            settings = get_settings()
-            refusal = memory_refusal(self.name, [request.id])
-            if refusal is not None:
-                raise self.retry(
-                    exc=InsufficientMemory(refusal),
-                    countdown=settings.memory_refusal_countdown_s,
-                    max_retries=settings.memory_refusal_max_retries,
-                )
-            deliveries = count_delivery(self.app, request.id)
-            if deliveries > 1 and self._already_finished(request.id):
-                # redelivered after its result was stored (e.g. restored after a broker
-                # outage while it ran): acknowledge without running or storing it again
-                raise Ignore()
-            limit = settings.max_deliveries
-            if deliveries > limit:
-                reason = f"started {deliveries - 1} times without finishing (limit {limit})"
-                raise dead_letter(self.app, self.name, request.id, original, reason)
-            if kill:
-                kill_this_child(request.id)
-        try:
-            return super().__call__(*args, **kwargs)
-        except MemoryError as exc:
-            raise InsufficientMemory(f"out of memory even in lightweight mode: {exc}") from exc
-
-    def _already_finished(self, task_id: str) -> bool:
-        status = self.backend.get_task_meta(task_id, cache=False).get("status")
-        return status in states.READY_STATES
+        ticket = Ticket(
+            id=request.id,
+            task=self.name,
+            kwargs=dict(kwargs),
+            args=tuple(args),
+            retries=int(request.retries or 0),
+            queue=(request.delivery_info or {}).get("routing_key"),
+        )
+        ending = _Ending()
+        self.executor.execute([ticket], 1, ending)
+        if ending.error is not None:
+            raise ending.error
+        if ending.result is None:
+            raise Ignore()  # requeued with a countdown, or finished before: nothing to store
+        return ending.result
 
 
-def envelope(
-    payload: dict[str, Any],
-    *,
-    model_name: str,
-    mode: Mode,
-    mode_reason: str = "",
-    started: float | None = None,
-) -> dict[str, Any]:
-    """Stamp a family's result with what produced it: model, backend, mode, worker, time."""
-    model = registry.describe(model_name)
-    payload.update(
-        model=model,
-        backend=model.get("backend"),
-        mode=mode,
-        mode_reason=mode_reason or None,
-        worker={"hostname": socket.gethostname(), "pid": os.getpid()},
-    )
-    if started is not None:
-        payload["elapsed_s"] = round(time.perf_counter() - started, 4)
-    return payload
+class _Ending:
+    """Sink of a plain task: keeps its one job's result or error."""
+
+    def __init__(self) -> None:
+        self.result: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+    def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
+        self.result = result
+
+    def failure(self, ticket: Ticket, exc: BaseException) -> None:
+        self.error = exc
+
+    def requeued(self, ticket: Ticket) -> None:
+        pass
+
+    def skipped(self, ticket: Ticket) -> None:
+        pass

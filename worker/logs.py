@@ -1,7 +1,8 @@
 """Worker log format: JSON lines when stderr is not a terminal, secrets redacted either way.
 
-Celery still sets up its handlers (``--loglevel``, ``--logfile``); the ``after_setup_logger``
-and ``after_setup_task_logger`` signals then swap each handler's formatter. A log shipper
+Celery still sets up its handlers (``--loglevel``, ``--logfile``); ``install`` (called by the
+worker entry) connects the ``after_setup_logger`` and ``after_setup_task_logger`` signals,
+which then swap each handler's formatter. A log shipper
 (docker, Kubernetes) gets one JSON object per line; a terminal keeps Celery's text format.
 Fields passed as ``extra=`` (the per-job line's ``job_id``, ``family``, ``mode``,
 ``duration_s``, ``rss_mb``) become top-level JSON keys.
@@ -115,7 +116,13 @@ def structure(logger: logging.Logger, log_format: str | None = None) -> None:
             handler.setFormatter(RedactingFormatter(handler.formatter or logging.Formatter()))
 
 
-@signals.after_setup_logger.connect
-@signals.after_setup_task_logger.connect
 def _structure_celery_logs(logger: logging.Logger, **_: Any) -> None:
     structure(logger)
+
+
+def install() -> None:
+    """Format Celery's worker and task loggers once Celery has set them up."""
+    signals.after_setup_logger.connect(_structure_celery_logs, dispatch_uid="mlworker-logs")
+    signals.after_setup_task_logger.connect(
+        _structure_celery_logs, dispatch_uid="mlworker-task-logs"
+    )

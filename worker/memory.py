@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -84,25 +83,6 @@ class MemoryGuard:
         if self._jobs_since_gc >= self.settings.gc_every_n_jobs:
             self._jobs_since_gc = 0
             collect_garbage()
-
-
-_process_guard: tuple[int, MemoryGuard] | None = None
-
-
-def process_guard() -> MemoryGuard:
-    """This process's guard (rebuilt after a fork: a child must not read its parent's RSS)."""
-    global _process_guard
-    if _process_guard is None or _process_guard[0] != os.getpid():
-        from config import get_settings
-
-        _process_guard = (os.getpid(), MemoryGuard(get_settings()))
-    return _process_guard[1]
-
-
-def hard_refusal() -> MemoryCheck | None:
-    """The guard's reading when it says ``refuse`` (do not start anything now), else None."""
-    check = process_guard().check()
-    return check if check.verdict == "refuse" else None
 
 
 def collect_garbage() -> None:

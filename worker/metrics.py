@@ -31,7 +31,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from worker.app import DEAD_LETTER_QUEUE, FAMILY_QUEUES
+from worker.family import DEAD_LETTER_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def _families(recorded: dict[tuple[str, tuple[str, ...], str], float]) -> Iterat
 class MlworkerCollector(Collector):
     """Reads Redis at scrape time: queue depths, worker processes, recorded observations."""
 
-    def __init__(self, store: MetricsStore, queues: Sequence[str] = FAMILY_QUEUES) -> None:
+    def __init__(self, store: MetricsStore, queues: Sequence[str]) -> None:
         self.store = store
         self.queues = tuple(queues)
 
@@ -298,8 +298,8 @@ class MlworkerCollector(Collector):
         yield children
 
 
-def build_registry(store: MetricsStore) -> CollectorRegistry:
+def build_registry(store: MetricsStore, queues: Sequence[str]) -> CollectorRegistry:
     """A registry holding only the mlworker collector (the exporter's own process is noise)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(MlworkerCollector(store))
+    registry.register(MlworkerCollector(store, queues))
     return registry

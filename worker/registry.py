@@ -1,8 +1,9 @@
 """Per-process model registry: each configured model is loaded once per worker process.
 
-Families register a loader per model name together with the queue it serves. The worker's
-``worker_process_init`` handler preloads the models of the queues that worker consumes, so
-the first job pays no load; with ``MLWORKER_PRELOAD=false`` the first ``get`` loads instead.
+Families declare their models (``FamilySpec.models``: a name and a loader); the registry
+learns them from the registered families the first time a name is asked for. A worker's
+child-start hook preloads the models of the families it consumes, so the first job pays no
+load; with ``MLWORKER_PRELOAD=false`` the first ``get`` loads instead.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class Loaded:
 @dataclass
 class _Entry:
     loader: Callable[[Settings], Loaded]
-    queue: str
     lock: threading.Lock = field(default_factory=threading.Lock)
     loaded: Loaded | None = None
     loads: int = 0
@@ -60,6 +60,7 @@ class ModelRegistry:
 
     def configure(self, settings: Settings) -> None:
         self._settings = settings
+        self.register_declared()
 
     @property
     def settings(self) -> Settings:
@@ -69,17 +70,29 @@ class ModelRegistry:
             self._settings = get_settings()
         return self._settings
 
-    def register(self, name: str, queue: str, loader: Callable[[Settings], Loaded]) -> None:
-        """Declare how to load ``name``; registering twice keeps the first (import reloads)."""
+    def register(self, name: str, loader: Callable[[Settings], Loaded]) -> None:
+        """Declare how to load ``name``; registering twice keeps the first."""
         with self._lock:
-            self._entries.setdefault(name, _Entry(loader=loader, queue=queue))
+            self._entries.setdefault(name, _Entry(loader=loader))
 
-    def names_for_queues(self, queues: Iterable[str]) -> list[str]:
-        wanted = set(queues)
-        return [name for name, entry in self._entries.items() if entry.queue in wanted]
+    def register_declared(self) -> None:
+        """Register every model the registered families declare (their loaders stay
+        unimported until a model is loaded)."""
+        from worker.families import load_families
+        from worker.family import resolve
+
+        for spec in load_families(self.settings).models():
+
+            def load(settings: Settings, path: str = spec.loader) -> Loaded:
+                loaded: Loaded = resolve(path)(settings)
+                return loaded
+
+            self.register(spec.name, load)
 
     def _entry(self, name: str) -> _Entry:
         self._reset_after_fork()
+        if name not in self._entries:
+            self.register_declared()
         try:
             return self._entries[name]
         except KeyError:

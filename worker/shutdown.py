@@ -33,7 +33,6 @@ def _escalate(grace_s: float) -> None:
     os.kill(os.getpid(), signal.SIGQUIT)
 
 
-@signals.worker_shutting_down.connect
 def _bound_warm_shutdown(how: str = "", **_: Any) -> None:
     """Start the grace timer once, on the first warm shutdown signal (MainProcess only)."""
     if how != "Warm" or _armed.is_set():
@@ -43,3 +42,8 @@ def _bound_warm_shutdown(how: str = "", **_: Any) -> None:
     threading.Thread(
         target=_escalate, args=(grace_s,), name="mlworker-shutdown-grace", daemon=True
     ).start()
+
+
+def install() -> None:
+    """Bound this worker's warm shutdown by ``shutdown_grace_s``."""
+    signals.worker_shutting_down.connect(_bound_warm_shutdown, dispatch_uid="mlworker-shutdown")

@@ -1,10 +1,11 @@
 """Per-job observation in worker children: one log line per job and the metrics it feeds.
 
-Connected to Celery signals when ``worker.signals`` imports it. ``task_postrun`` fires once
-per plain job and once per celery-batches flush; for a flush the per-request outcome and
-mode are read back from the result store in one ``MGET``, so every batched request still
-gets its own log line and metrics. Nothing here may fail a job: errors are logged and
-dropped.
+Connected to Celery signals by ``install`` (the worker entry's hooks, ``worker.lifecycle``).
+``task_postrun`` fires once per plain job and once per celery-batches flush; for a flush the
+per-request outcome and mode are read back from the result store in one ``MGET``, so every
+batched request still gets its own log line and metrics. A task's ``family`` attribute
+(set by the runtime from its family's spec) is the ``family`` label. Nothing here may fail
+a job: errors are logged and dropped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,6 @@ from celery import signals
 from celery_batches import Batches
 
 from config import get_settings
-from worker.app import ROUTES
 from worker.metrics import (
     BATCH_FLUSHES,
     BATCH_SIZE,
@@ -36,6 +36,7 @@ from worker.metrics import (
     Observation,
 )
 from worker.registry import registry
+from worker.results import ResultStore
 
 log = logging.getLogger(__name__)
 #: the logger of the one-line-per-job record (its fields travel as LogRecord extras)
@@ -105,13 +106,16 @@ def _mode_of(result: Any) -> str:
     return "none"
 
 
-def _batch_records(task: Batches, requests: Sequence[Any], elapsed: float) -> list[JobRecord]:
+def _batch_records(
+    task: Batches, family: str, requests: Sequence[Any], elapsed: float
+) -> list[JobRecord]:
     """One record per batched request, from the results ``IsolatedBatches`` stored."""
-    backend, family = task.backend, ROUTES[task.name]
-    raw = backend.client.mget([backend.get_key_for_task(r.id) for r in requests])
+    stored = ResultStore(task.backend).records([r.id for r in requests])
     records = []
-    for request, payload in zip(requests, raw, strict=True):
-        meta = backend.decode_result(payload) if payload else {"status": "UNKNOWN"}
+    for request, record in zip(requests, stored, strict=True):
+        meta = record or {"status": "UNKNOWN"}
+        if meta.get("status") in _NOT_FINISHED:
+            continue  # requeued by the memory guard: it finishes in a later run
         status, result = str(meta.get("status")), meta.get("result")
         if status == "SUCCESS" and isinstance(result, dict):
             batch = result.get("batch") or {}
@@ -158,31 +162,35 @@ def _report(records: list[JobRecord], extra: list[Observation]) -> None:
         log.warning("metrics not recorded: %r", exc)
 
 
-@signals.task_prerun.connect
 def _job_started(task_id: str, **_: Any) -> None:
     _child.metrics_store()  # resets per-process state in a fresh child
     _child.started[task_id] = time.perf_counter()
 
 
-@signals.task_postrun.connect
+#: states a plain job ends a run in without finishing (requeued, or acknowledged unrun)
+_NOT_FINISHED = frozenset({"RETRY", "IGNORED"})
+
+
 def _job_finished(
     task_id: str, task: Any, args: Any, retval: Any = None, state: str = "", **_: Any
 ) -> None:
     started = _child.started.pop(task_id, None)
     elapsed = time.perf_counter() - started if started is not None else 0.0
-    family = ROUTES.get(getattr(task, "name", ""))
-    if family is None:
+    family = getattr(task, "family", "")
+    if not family:
         return
     try:
         extra = _model_loads()
         if isinstance(task, Batches):
             requests = list(args[0]) if args else []
-            records = _batch_records(task, requests, elapsed)
+            records = _batch_records(task, family, requests, elapsed)
             reason = "full" if len(requests) >= task.flush_every else "interval"
             extra += [
                 Observation(BATCH_SIZE, (family,), float(len(requests))),
                 Observation(BATCH_FLUSHES, (family, reason)),
             ]
+        elif state in _NOT_FINISHED:
+            records = []
         else:
             exc_type = type(retval).__name__ if isinstance(retval, BaseException) else None
             records = [
@@ -193,16 +201,13 @@ def _job_finished(
         log.warning("job %s not observed: %r", task_id, exc)
 
 
-@signals.celeryd_after_setup.connect
-def _remember_node(sender: str, instance: Any, **_: Any) -> None:
+def _remember_node(sender: str, **_: Any) -> None:
     """The node name (``tags-ab12cd@host``), set in the parent, inherited by children."""
     _child.node = str(sender)
-    _child.queues = sorted(instance.app.amqp.queues.consume_from or instance.app.amqp.queues)
 
 
-@signals.worker_process_init.connect
 def _child_ready(**_: Any) -> None:
-    """After preload (connected later than worker.signals' handler): count loads, heartbeat."""
+    """After preload (connected after the preload hook): count loads, heartbeat."""
     store = _child.metrics_store()
     if store is None:
         return
@@ -220,7 +225,6 @@ def _heartbeat_forever(store: MetricsStore) -> None:
             log.debug("heartbeat failed: %r", exc)
 
 
-@signals.worker_process_shutdown.connect
 def _child_exit(**_: Any) -> None:
     store = _child.metrics_store()
     if store is not None:
@@ -228,3 +232,14 @@ def _child_exit(**_: Any) -> None:
             store.forget_process()
         except Exception as exc:  # noqa: BLE001 - the key expires anyway
             log.debug("process key not removed: %r", exc)
+
+
+def install(queues: Iterable[str]) -> None:
+    """Observe this worker's jobs; connect after the preload hook (``worker.lifecycle``)."""
+    _child.queues = sorted(queues)
+    uid = "mlworker-telemetry-"
+    signals.task_prerun.connect(_job_started, dispatch_uid=uid + "prerun")
+    signals.task_postrun.connect(_job_finished, dispatch_uid=uid + "postrun")
+    signals.celeryd_after_setup.connect(_remember_node, dispatch_uid=uid + "node")
+    signals.worker_process_init.connect(_child_ready, dispatch_uid=uid + "child")
+    signals.worker_process_shutdown.connect(_child_exit, dispatch_uid=uid + "exit")

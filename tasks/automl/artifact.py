@@ -17,7 +17,7 @@ import pandas as pd
 
 from tasks.automl.features import EngineeredFeatures
 from tasks.automl.prepare import Encoder
-from tasks.automl.search import predict_in_chunks
+from tasks.automl.search import PREDICT_CHUNK_ROWS, predict_in_chunks
 from worker.errors import InvalidInput, UnreadableInput
 from worker.paths import confined_path
 
@@ -42,15 +42,16 @@ class Artifact:
     def input_columns(self) -> list[str]:
         return list(self.encoder.columns)
 
-    def predict(self, frame: pd.DataFrame) -> list[Any]:
-        """Predictions for ``frame`` (which must hold the training's feature columns)."""
+    def predict(self, frame: pd.DataFrame, chunk_rows: int = PREDICT_CHUNK_ROWS) -> list[Any]:
+        """Predictions for ``frame`` (which must hold the training's feature columns),
+        engineered and predicted ``chunk_rows`` rows at a time."""
         missing = [c for c in self.input_columns if c not in frame.columns]
         if missing:
             raise InvalidInput(
                 "data_path", f"columns {missing} the model was trained on are missing"
             )
         encoded = self.encoder.transform(frame[self.input_columns])
-        predicted = predict_in_chunks(self.estimator, self.features.transform, encoded)
+        predicted = predict_in_chunks(self.estimator, self.features.transform, encoded, chunk_rows)
         if self.classes is None:
             return [float(v) for v in predicted]
         return [self.classes[int(i)] for i in predicted]

@@ -1,17 +1,24 @@
-"""What an AutoML job is asked to do (``AutoMLOptions``) and what it reports (``AutoMLResult``)."""
+"""What an AutoML job is asked to do (``AutoMLOptions``) and what it reports (``AutoMLResult``).
+
+``AutoMLRequest`` and ``AutoMLPredictRequest`` are the kwargs of ``tasks.automl`` and
+``tasks.automl_predict`` as pydantic models.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Field, Strict, field_validator, model_validator
 
 from worker.errors import InvalidInput
+from worker.modes import Mode as Mode  # re-export: pipeline and planner import it from here
+from worker.validation import RequestModel
 
 TaskType = Literal["auto", "regression", "classification"]
-Mode = Literal["normal", "lightweight"]
 
 #: held-out share bounds: below 5% the metric is noise, above half the model starves
 TEST_SIZE_RANGE = (0.05, 0.5)
@@ -19,18 +26,6 @@ TEST_SIZE_RANGE = (0.05, 0.5)
 CV_FOLDS_RANGE = (2, 10)
 #: artifact names become directory names under the output root
 _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-_JOB_FIELDS = (
-    "target",
-    "task_type",
-    "feature_columns",
-    "test_size",
-    "cv_folds",
-    "time_budget_s",
-    "memory_budget_mb",
-    "random_state",
-    "artifact_name",
-)
 
 
 @dataclass(frozen=True)
@@ -48,25 +43,9 @@ class AutoMLOptions:
     artifact_name: str | None = None
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> AutoMLOptions:
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> AutoMLOptions:
         """Parse a job's JSON kwargs (``data_path`` excluded); every problem is an InvalidInput."""
-        unknown = sorted(set(kwargs) - set(_JOB_FIELDS))
-        if unknown:
-            raise InvalidInput(unknown[0], f"unknown option; accepted: {', '.join(_JOB_FIELDS)}")
-        options = cls(
-            target=_text("target", kwargs.get("target")),
-            task_type=_task_type(kwargs.get("task_type", "auto")),
-            feature_columns=_columns(kwargs.get("feature_columns")),
-            test_size=_number("test_size", kwargs.get("test_size", 0.2), *TEST_SIZE_RANGE),
-            cv_folds=int(_number("cv_folds", kwargs.get("cv_folds", 3), *CV_FOLDS_RANGE)),
-            time_budget_s=_optional_number("time_budget_s", kwargs.get("time_budget_s"), 1.0),
-            memory_budget_mb=_optional_int("memory_budget_mb", kwargs.get("memory_budget_mb"), 64),
-            random_state=int(_number("random_state", kwargs.get("random_state", 0), 0, 2**31)),
-            artifact_name=_artifact_name(kwargs.get("artifact_name")),
-        )
-        if options.feature_columns and options.target in options.feature_columns:
-            raise InvalidInput("feature_columns", f"includes the target {options.target!r}")
-        return options
+        return AutoMLOptionsRequest.parse(kwargs).options
 
 
 @dataclass
@@ -108,55 +87,65 @@ class AutoMLResult:
         return dataclasses.asdict(self)
 
 
-def _text(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(name, "must be a non-empty string")
-    return value
+_DEFAULTS = AutoMLOptions(target="")
 
 
-def _task_type(value: object) -> TaskType:
-    if value == "auto" or value == "regression" or value == "classification":
-        return value
-    raise InvalidInput(
-        "task_type", f"must be 'auto', 'regression' or 'classification', not {value!r}"
+class AutoMLOptionsRequest(RequestModel):
+    """The kwargs of ``tasks.automl`` less ``data_path``: the ``AutoMLOptions`` fields."""
+
+    target: str
+    task_type: TaskType = _DEFAULTS.task_type
+    feature_columns: Annotated[tuple[str, ...], Strict(False), Field(min_length=1)] | None = None
+    test_size: float = Field(
+        _DEFAULTS.test_size, ge=TEST_SIZE_RANGE[0], le=TEST_SIZE_RANGE[1], allow_inf_nan=False
     )
+    cv_folds: int = Field(_DEFAULTS.cv_folds, ge=CV_FOLDS_RANGE[0], le=CV_FOLDS_RANGE[1])
+    time_budget_s: float | None = Field(None, ge=1.0, allow_inf_nan=False)
+    memory_budget_mb: int | None = Field(None, ge=64, le=2**40)
+    random_state: int = Field(_DEFAULTS.random_state, ge=0, le=2**31)
+    artifact_name: str | None = None
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be a non-empty string")
+        return value
+
+    @field_validator("feature_columns")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("lists a column twice")
+        return value
+
+    @field_validator("artifact_name")
+    @classmethod
+    def _artifact_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ARTIFACT_NAME.match(value):
+            raise ValueError("must be 1-128 of [A-Za-z0-9._-], not starting with '.'")
+        return value
+
+    @model_validator(mode="after")
+    def _target_not_a_feature(self) -> Self:
+        if self.feature_columns and self.target in self.feature_columns:
+            raise InvalidInput("feature_columns", f"includes the target {self.target!r}")
+        return self
+
+    @property
+    def options(self) -> AutoMLOptions:
+        """The validated fields as the dataclass the pipeline takes."""
+        return AutoMLOptions(**self.model_dump(include=set(AutoMLOptionsRequest.model_fields)))
 
 
-def _columns(value: object) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
-        raise InvalidInput("feature_columns", "must be a non-empty list of column names")
-    if len(set(value)) != len(value):
-        raise InvalidInput("feature_columns", "lists a column twice")
-    return tuple(value)
+class AutoMLRequest(AutoMLOptionsRequest):
+    """The kwargs of ``tasks.automl``: ``data_path`` (under the input root) and the options."""
+
+    data_path: str
 
 
-def _number(name: str, value: object, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidInput(name, f"must be a number, not {value!r}")
-    if not low <= value <= high:
-        raise InvalidInput(name, f"must be between {low} and {high}, not {value}")
-    return float(value)
+class AutoMLPredictRequest(RequestModel):
+    """The kwargs of ``tasks.automl_predict``: a saved model and the table to predict."""
 
-
-def _optional_number(name: str, value: object, low: float) -> float | None:
-    return None if value is None else _number(name, value, low, math.inf)
-
-
-def _optional_int(name: str, value: object, low: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(name, f"must be an integer, not {value!r}")
-    return int(_number(name, value, low, 2**40))
-
-
-def _artifact_name(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _ARTIFACT_NAME.match(value):
-        raise InvalidInput(
-            "artifact_name", "must be 1-128 of [A-Za-z0-9._-], not starting with '.'"
-        )
-    return value
+    model_path: str
+    data_path: str

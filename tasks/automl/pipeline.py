@@ -32,6 +32,7 @@ from tasks.automl.options import AutoMLOptions, AutoMLResult, MemoryReport, Mode
 from tasks.automl.planner import Plan, fits, load_rows, plan_job
 from tasks.automl.prepare import Encoder, check_columns, fit_encoder, resolve_target
 from tasks.automl.search import (
+    PREDICT_CHUNK_ROWS,
     SearchOutcome,
     held_out_metrics,
     predict_in_chunks,
@@ -172,15 +173,22 @@ def run_automl(
     )
 
 
-def predict(model_path: str, data_path: str, *, settings: Settings | None = None) -> list[object]:
-    """Predictions of a saved model for the rows of ``data_path`` (both paths confined)."""
+def predict(
+    model_path: str,
+    data_path: str,
+    *,
+    settings: Settings | None = None,
+    chunk_rows: int = PREDICT_CHUNK_ROWS,
+) -> list[object]:
+    """Predictions of a saved model for the rows of ``data_path`` (both paths confined),
+    ``chunk_rows`` rows at a time."""
     settings = settings or get_settings()
     artifact = load_artifact(model_path, settings.output_root)
     path = confined_path("data_path", data_path, settings.input_root)
     probe = probe_table(path)
     check_columns(probe.columns, artifact.input_columns[0], artifact.input_columns)
     table = load_table(path, artifact.input_columns)
-    return artifact.predict(table.frame)
+    return artifact.predict(table.frame, chunk_rows)
 
 
 def _load(path: Path, options: AutoMLOptions, budget: float, rss_mb: float) -> LoadedTable:

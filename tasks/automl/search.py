@@ -112,16 +112,19 @@ def search_models(
 
 
 def predict_in_chunks(
-    estimator: Any, transform: Callable[[pd.DataFrame], NDArray[Any]], frame: pd.DataFrame
+    estimator: Any,
+    transform: Callable[[pd.DataFrame], NDArray[Any]],
+    frame: pd.DataFrame,
+    chunk_rows: int = PREDICT_CHUNK_ROWS,
 ) -> NDArray[Any]:
-    """``estimator.predict(transform(rows))`` ``PREDICT_CHUNK_ROWS`` rows at a time, on one
+    """``estimator.predict(transform(rows))`` ``chunk_rows`` rows at a time, on one
     thread: the engineered matrix of a large table never has to fit in memory whole (200k
     rows x 300 features take ~700 MB with autofeat's copies)."""
     parts = []
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for start in range(0, len(frame), PREDICT_CHUNK_ROWS):
-            chunk = transform(frame.iloc[start : start + PREDICT_CHUNK_ROWS])
+        for start in range(0, len(frame), chunk_rows):
+            chunk = transform(frame.iloc[start : start + chunk_rows])
             parts.append(np.asarray(estimator.predict(chunk)))
     return np.concatenate(parts) if parts else np.empty(0)
 

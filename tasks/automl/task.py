@@ -1,100 +1,91 @@
-"""Celery adapters for AutoML: ``tasks.automl`` trains, ``tasks.automl_predict`` reuses a model.
+"""Handlers of the AutoML tasks: ``tasks.automl`` trains, ``tasks.automl_predict`` reuses a
+model. Plain tasks: one job per message, run by the runtime like a batch of one.
 
-Both parse JSON kwargs into typed options, ask the memory guard whether to run (and how), call
-the Celery-free pipeline and return JSON stamped by ``envelope``.
+Lightweight mode: training uses the planner's lightweight plan (fewer autofeat steps and
+rows, one small model family; the pipeline also switches to it on its own when the normal
+plan does not fit the budget or raises ``MemoryError``); prediction engineers and predicts
+``LIGHT_PREDICT_CHUNK_ROWS`` rows at a time instead of ``PREDICT_CHUNK_ROWS``.
 """
 
 from __future__ import annotations
 
-import time
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import autofeat
 import sklearn
 
-from config import Settings, get_settings
+from config import Settings
 from tasks.automl.loading import CSV_SUFFIXES
-from tasks.automl.options import AutoMLOptions
+from tasks.automl.options import _ARTIFACT_NAME, AutoMLPredictRequest, AutoMLRequest
 from tasks.automl.pipeline import predict, run_automl
-from worker.app import app
-from worker.errors import InsufficientMemory, InvalidInput
-from worker.jobs import MLTask, envelope
-from worker.memory import process_guard
+from worker.errors import InvalidInput
+from worker.handler import Outcome, Produced, RunContext, RunMode
 from worker.registry import Loaded, registry
 
 #: registry name; AutoML trains per job, so the "model" is the library stack, warmed at start
 REGISTRY_NAME = "automl"
 BACKEND = "autofeat+sklearn"
+#: rows engineered and predicted at once in lightweight mode (a tenth of normal mode's)
+LIGHT_PREDICT_CHUNK_ROWS = 2_000
 
 
-def _load_stack(settings: Settings) -> Loaded:
+def load_stack(settings: Settings) -> Loaded:
     """Nothing to load but the libraries (imported with this module); name their versions."""
     versions = {"autofeat": autofeat.__version__, "scikit-learn": sklearn.__version__}
     model_id = "+".join(f"{name}-{version}" for name, version in versions.items())
     return Loaded(model=None, model_id=model_id, backend=BACKEND, details=versions)
 
 
-registry.register(REGISTRY_NAME, "automl", _load_stack)
+class TrainAutoML:
+    """Handler of ``tasks.automl``: train on ``data_path`` (kwargs: ``AutoMLRequest``)."""
+
+    def parse(self, kwargs: dict[str, Any], settings: Settings) -> AutoMLRequest:
+        return AutoMLRequest.parse(kwargs)
+
+    def run(
+        self, items: Sequence[AutoMLRequest], mode: RunMode, context: RunContext
+    ) -> list[Outcome]:
+        registry.get(REGISTRY_NAME)  # a worker on a non-family queue has not preloaded it
+        out: list[Outcome] = []
+        for item, job_id in zip(items, context.job_ids, strict=True):
+            options = item.options
+            if options.artifact_name is None:  # a redelivered job overwrites its own model
+                if not _ARTIFACT_NAME.match(job_id):
+                    raise InvalidInput("artifact_name", f"job id {job_id!r} is not usable as one")
+                options = dataclasses.replace(options, artifact_name=job_id)
+            reason = mode.reason if mode.lightweight else ""
+            result = run_automl(item.data_path, options, lightweight_reason=reason)
+            ran = RunMode(result.mode, result.mode_reason)
+            out.append(Produced(result.as_dict(), REGISTRY_NAME, ran))
+        return out
 
 
-def _lightweight_reason() -> str:
-    """The guard's verdict before a job: refuse raises, lightweight returns why."""
-    check = process_guard().check()
-    if check.verdict == "refuse":
-        raise InsufficientMemory(f"not starting an AutoML job: {check.reason}")
-    return check.reason if check.verdict == "lightweight" else ""
+class PredictAutoML:
+    """Handler of ``tasks.automl_predict``: kwargs ``model_path`` and ``data_path``."""
 
+    def parse(self, kwargs: dict[str, Any], settings: Settings) -> AutoMLPredictRequest:
+        return AutoMLPredictRequest.parse(kwargs)
 
-@app.task(
-    name="tasks.automl",
-    base=MLTask,
-    bind=True,
-)
-def automl(self: MLTask, **kwargs: Any) -> dict[str, Any]:
-    """Train on ``data_path``: kwargs as ``AutoMLOptions`` plus ``data_path``."""
-    started = time.perf_counter()
-    registry.get(REGISTRY_NAME)  # a worker on a non-family queue has not preloaded it
-    data_path = kwargs.pop("data_path", None)
-    kwargs.setdefault("artifact_name", self.request.id)  # a redelivered job overwrites its model
-    options = AutoMLOptions.from_kwargs(kwargs)
-    reason = _lightweight_reason()
-    try:
-        result = run_automl(data_path, options, lightweight_reason=reason)  # type: ignore[arg-type]
-    finally:
-        process_guard().job_done()
-    return envelope(
-        result.as_dict(),
-        model_name=REGISTRY_NAME,
-        mode=result.mode,
-        mode_reason=result.mode_reason,
-        started=started,
-    )
-
-
-@app.task(
-    name="tasks.automl_predict",
-    base=MLTask,
-    bind=True,
-)
-def automl_predict(self: MLTask, **kwargs: Any) -> dict[str, Any]:
-    """Predict with a saved model: kwargs ``model_path`` and ``data_path``."""
-    started = time.perf_counter()
-    unknown = sorted(set(kwargs) - {"model_path", "data_path"})
-    if unknown:
-        raise InvalidInput(unknown[0], "unknown option; accepted: model_path, data_path")
-    registry.get(REGISTRY_NAME)
-    _lightweight_reason()
-    settings = get_settings()
-    predictions = predict(kwargs.get("model_path"), kwargs.get("data_path"))  # type: ignore[arg-type]
-    payload: dict[str, Any] = {"rows": len(predictions), "model_path": kwargs["model_path"]}
-    if len(predictions) <= settings.automl_max_inline_predictions:
-        payload["predictions"] = predictions
-    else:
-        payload["predictions_path"] = str(
-            _write_predictions(predictions, settings, self.request.id)
-        )
-    return envelope(payload, model_name=REGISTRY_NAME, mode="normal", started=started)
+    def run(
+        self, items: Sequence[AutoMLPredictRequest], mode: RunMode, context: RunContext
+    ) -> list[Outcome]:
+        registry.get(REGISTRY_NAME)
+        settings = context.settings
+        chunk = LIGHT_PREDICT_CHUNK_ROWS if mode.lightweight else None
+        out: list[Outcome] = []
+        for item, job_id in zip(items, context.job_ids, strict=True):
+            extra = {"chunk_rows": chunk} if chunk else {}
+            predictions = predict(item.model_path, item.data_path, settings=settings, **extra)
+            payload: dict[str, Any] = {"rows": len(predictions), "model_path": item.model_path}
+            if len(predictions) <= settings.automl_max_inline_predictions:
+                payload["predictions"] = predictions
+            else:
+                payload["predictions_path"] = str(_write_predictions(predictions, settings, job_id))
+            out.append(Produced(payload, REGISTRY_NAME, mode))
+        return out
 
 
 def _write_predictions(predictions: list[object], settings: Settings, job_id: str) -> Path:
@@ -103,6 +94,6 @@ def _write_predictions(predictions: list[object], settings: Settings, job_id: st
 
     directory = settings.output_root / "automl" / "predictions"
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{job_id}{CSV_SUFFIXES[0]}"
+    path = directory / f"{Path(job_id).name}{CSV_SUFFIXES[0]}"
     pd.DataFrame({"prediction": predictions}).to_csv(path, index=False)
     return path

@@ -51,8 +51,11 @@ def detect_language(text: str) -> str:
     return "ja" if japanese / len(letters) >= _JA_SHARE else "en"
 
 
-def candidates_for(text: str, options: TagOptions) -> Candidates:
-    """The candidate phrases of ``text`` alone (never influenced by other documents)."""
+def candidates_for(
+    text: str, options: TagOptions, max_candidates: int = MAX_CANDIDATES
+) -> Candidates:
+    """The candidate phrases of ``text`` alone (never influenced by other documents), the
+    ``max_candidates`` most frequent."""
     language = detect_language(text) if options.language == "auto" else options.language
     join: Callable[[list[str]], str]
     if language == "ja":
@@ -66,7 +69,7 @@ def candidates_for(text: str, options: TagOptions) -> Candidates:
     if language == "ja":
         # a single character is a particle-sized fragment, never a useful Japanese tag
         phrases = [p for p in phrases if len(p) >= 2 and not _is_stopword(p, options)]
-    return Candidates(phrases=_most_frequent(phrases), language=language)
+    return Candidates(phrases=_most_frequent(phrases, max_candidates), language=language)
 
 
 @cache
@@ -152,12 +155,12 @@ def _join_japanese(tokens: list[str]) -> str:
     return out
 
 
-def _most_frequent(phrases: list[str]) -> tuple[str, ...]:
+def _most_frequent(phrases: list[str], limit: int) -> tuple[str, ...]:
     """Distinct phrases, most frequent first, ties in order of first appearance."""
     counts = Counter(phrases)
     first = {p: i for i, p in reversed(list(enumerate(phrases)))}
     ranked = sorted(counts, key=lambda p: (-counts[p], first[p]))
-    return tuple(ranked[:MAX_CANDIDATES])
+    return tuple(ranked[:limit])
 
 
 @cache

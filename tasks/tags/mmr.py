@@ -1,21 +1,32 @@
-"""KeyBERT's Maximal Marginal Relevance, kept here so the tag path never imports torch.
+"""Maximal Marginal Relevance over candidate phrase vectors, in plain numpy.
 
-``import keybert._mmr`` runs ``keybert/__init__``, which imports sentence-transformers and so
-torch (~17 s and ~300 MB in a worker that embeds through onnxruntime). This is
-``keybert._mmr.mmr`` of keybert 0.9 (MIT licence, Maarten Grootendorst), unchanged in
-behaviour: the tests compare its output with KeyBERT's own function.
+The tag pipeline ranks candidates with MMR when a ``diversity`` is asked for. It lives here,
+written for this project, so that the ONNX tag path needs nothing beyond numpy (the KeyBERT
+package would import sentence-transformers and torch). ``tests/test_acceleration.py``
+checks it against KeyBERT's MMR on random vectors.
+
+Greedy selection: the first pick is the candidate most similar to the document; every
+later pick maximises ``(1 - diversity) * sim(candidate, doc) - diversity * closest`` where
+``closest`` is the candidate's highest similarity to any phrase picked so far.
 """
 
 from __future__ import annotations
 
-from operator import itemgetter
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.metrics.pairwise import cosine_similarity
 
-#: decimals of a returned score, as in KeyBERT
+#: decimals of a returned score (the pipeline and KeyBERT both show 4)
 SCORE_DECIMALS = 4
+
+
+def _unit_rows(vectors: NDArray[Any]) -> NDArray[Any]:
+    """Each row scaled to length 1; an all-zero row stays zero (its similarities are 0)."""
+    norms: NDArray[Any] = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    norms[norms == 0] = 1
+    unit: NDArray[Any] = vectors / norms[:, np.newaxis]
+    return unit
 
 
 def mmr(
@@ -25,33 +36,43 @@ def mmr(
     top_n: int = 5,
     diversity: float = 0.8,
 ) -> list[tuple[str, float]]:
-    """Pick ``top_n`` words close to the document and far from the words already picked.
+    """Pick up to ``top_n`` of ``words``: relevant to the document, unlike each other.
 
     Args:
-        doc_embedding: the document's vector, shape (1, dims).
-        word_embeddings: one row per candidate in ``words``.
-        words: the candidates.
-        top_n: how many to return.
-        diversity: 0 = plain similarity ranking, 1 = most diverse.
+        doc_embedding: the document's vector, shape (1, dims) or (dims,).
+        word_embeddings: one row per entry of ``words``, shape (len(words), dims).
+        words: the candidate phrases.
+        top_n: how many to pick (fewer when there are fewer words).
+        diversity: weight of "unlike the picks so far", 0 (plain similarity ranking)
+            to 1 (only diversity counts after the first pick).
 
     Returns:
-        (word, similarity to the document) pairs, most similar first.
+        (phrase, cosine similarity to the document rounded to ``SCORE_DECIMALS``) pairs,
+        highest similarity first.
     """
-    word_doc_similarity = cosine_similarity(word_embeddings, doc_embedding)
-    word_similarity = cosine_similarity(word_embeddings)
+    count = min(top_n, len(words))
+    if count <= 0:
+        return []
+    doc = _unit_rows(np.atleast_2d(np.asarray(doc_embedding)))
+    rows = _unit_rows(np.asarray(word_embeddings))
+    relevance = (rows @ doc.T)[:, 0]  # cosine similarity of each word to the document
+    pairwise = rows @ rows.T  # cosine similarity between words
 
-    keywords_idx = [int(np.argmax(word_doc_similarity))]
-    candidates_idx = [i for i in range(len(words)) if i != keywords_idx[0]]
-    for _ in range(min(top_n - 1, len(words) - 1)):
-        candidate_similarities = word_doc_similarity[candidates_idx, :]
-        target_similarities = np.max(word_similarity[candidates_idx][:, keywords_idx], axis=1)
-        scores = (1 - diversity) * candidate_similarities - diversity * (
-            target_similarities.reshape(-1, 1)
-        )
-        chosen = candidates_idx[int(np.argmax(scores))]
-        keywords_idx.append(chosen)
-        candidates_idx.remove(chosen)
+    first = int(np.argmax(relevance))  # first index among equal similarities
+    picks = [first]
+    available = np.ones(len(words), dtype=bool)
+    available[first] = False
+    # each word's highest similarity to any pick so far
+    closest = pairwise[first].copy()
+    while len(picks) < count:
+        gain = (1 - diversity) * relevance - diversity * closest
+        gain[~available] = -np.inf
+        best = int(np.argmax(gain))  # first index among equal gains
+        picks.append(best)
+        available[best] = False
+        np.maximum(closest, pairwise[best], out=closest)
 
-    flat = word_doc_similarity.reshape(1, -1)[0]
-    keywords = [(words[i], round(float(flat[i]), SCORE_DECIMALS)) for i in keywords_idx]
-    return sorted(keywords, key=itemgetter(1), reverse=True)
+    scored = [(words[i], round(float(relevance[i]), SCORE_DECIMALS)) for i in picks]
+    # stable sort: equal rounded scores keep their pick order
+    scored.sort(key=lambda pair: pair[1], reverse=True)
+    return scored

@@ -17,12 +17,12 @@ from config import Settings
 from tasks.tags.embedder import SentenceEmbedder
 from tasks.tags.onnx import MANIFEST, ExportManifest, OnnxEmbedder, export_dir
 from worker.bundled import resolve_embedder
-from worker.registry import Loaded, registry
+from worker.registry import Loaded
 
 log = logging.getLogger(__name__)
 
+#: the registry name (declared in ``tasks.tags.family``)
 MODEL_NAME = "embedder"
-QUEUE = "tags"
 
 
 class BackendUnavailable(RuntimeError):
@@ -122,6 +122,3 @@ def _dimensions(model: Any) -> int | None:
     getter = getter or model.get_sentence_embedding_dimension
     dimensions = getter()
     return int(dimensions) if dimensions is not None else None
-
-
-registry.register(MODEL_NAME, QUEUE, load_embedder)

@@ -1,12 +1,16 @@
-"""What a tag request asks for and what it gets back, plus the parser from JSON kwargs."""
+"""What a tag request asks for (``ExtractTagsRequest``) and what it gets back (``TagResult``)."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from worker.errors import InputTooLarge, InvalidInput
+from pydantic import Field, Strict, ValidationInfo, field_validator
+
+from worker.errors import InputTooLarge
+from worker.validation import RequestModel, context_value
 
 #: more tags than this is a document summary, not tagging; it also bounds MMR's cost
 MAX_TOP_N = 50
@@ -26,14 +30,6 @@ class TagOptions:
     diversity: float | None = None  # MMR trade-off in [0, 1]; None ranks by similarity only
     stopwords: bool = True
     min_score: float | None = None  # drop tags whose cosine similarity is below this
-
-
-@dataclass(frozen=True)
-class TagRequest:
-    """One parsed request: the document and its options."""
-
-    text: str
-    options: TagOptions = field(default_factory=TagOptions)
 
 
 @dataclass(frozen=True)
@@ -60,81 +56,61 @@ class TagResult:
         }
 
 
-def parse_request(kwargs: dict[str, Any], *, max_text_chars: int) -> TagRequest:
+_DEFAULTS = TagOptions()
+#: one end of ``ngram_range``, in words (or Japanese morphemes)
+NgramSize = Annotated[int, Field(ge=1, le=MAX_NGRAM)]
+
+
+class ExtractTagsRequest(RequestModel):
+    """The kwargs of ``tasks.extract_tags``: one document and the ``TagOptions`` fields."""
+
+    text: str
+    top_n: int = Field(_DEFAULTS.top_n, ge=1, le=MAX_TOP_N)
+    ngram_range: Annotated[tuple[NgramSize, NgramSize], Strict(False)] = _DEFAULTS.ngram_range
+    language: str = _DEFAULTS.language
+    diversity: float | None = Field(_DEFAULTS.diversity, ge=0.0, le=1.0)
+    stopwords: bool = _DEFAULTS.stopwords
+    min_score: float | None = Field(_DEFAULTS.min_score, ge=-1.0, le=1.0)
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, text: str, info: ValidationInfo) -> str:
+        """Refuse blank text, and text over ``max_text_chars`` when the context gives one."""
+        if not text.strip():
+            raise ValueError("is empty")
+        limit = context_value(info, "max_text_chars")
+        if limit is not None and len(text) > limit:
+            raise InputTooLarge(
+                "text",
+                f"{len(text)} characters exceeds the limit of {limit} (MLWORKER_MAX_TEXT_CHARS)",
+            )
+        return text
+
+    @field_validator("ngram_range")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] > value[1]:
+            raise ValueError(f"low {value[0]} is above high {value[1]}")
+        return value
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        """Keep the base language of a code with a region or script ("pt-BR" is "pt")."""
+        if not _LANGUAGE.match(value):
+            raise ValueError(f"must be 'auto' or a language code, got {value!r:.40}")
+        return value.split("-")[0]
+
+    @property
+    def options(self) -> TagOptions:
+        """Everything but the text, as the dataclass the pipeline takes."""
+        return TagOptions(**self.model_dump(exclude={"text"}))
+
+
+#: the name this module's parsed request had before it became a pydantic model
+TagRequest = ExtractTagsRequest
+
+
+def parse_request(kwargs: Mapping[str, Any], *, max_text_chars: int) -> ExtractTagsRequest:
     """Validate a request's JSON kwargs; raise ``InvalidInput`` naming the first bad field."""
-    unknown = sorted(set(kwargs) - _FIELDS)
-    if unknown:
-        raise InvalidInput(unknown[0], f"unknown option; accepted: {', '.join(sorted(_FIELDS))}")
-    if "text" not in kwargs:
-        raise InvalidInput("text", "is required")
-    text = _text(kwargs["text"], max_text_chars)
-    defaults = TagOptions()
-    options = TagOptions(
-        top_n=_int_in("top_n", kwargs.get("top_n", defaults.top_n), 1, MAX_TOP_N),
-        ngram_range=_ngram_range(kwargs.get("ngram_range", defaults.ngram_range)),
-        language=_language(kwargs.get("language", defaults.language)),
-        diversity=_optional_fraction("diversity", kwargs.get("diversity"), 0.0, 1.0),
-        stopwords=_bool("stopwords", kwargs.get("stopwords", defaults.stopwords)),
-        min_score=_optional_fraction("min_score", kwargs.get("min_score"), -1.0, 1.0),
-    )
-    return TagRequest(text=text, options=options)
-
-
-_FIELDS = {"text", "top_n", "ngram_range", "language", "diversity", "stopwords", "min_score"}
-
-
-def _type_name(value: Any) -> str:
-    return type(value).__name__
-
-
-def _text(value: Any, max_chars: int) -> str:
-    if not isinstance(value, str):
-        raise InvalidInput("text", f"must be a string, got {_type_name(value)}")
-    if not value.strip():
-        raise InvalidInput("text", "is empty")
-    if len(value) > max_chars:
-        raise InputTooLarge(
-            "text",
-            f"{len(value)} characters exceeds the limit of {max_chars} (MLWORKER_MAX_TEXT_CHARS)",
-        )
-    return value
-
-
-def _int_in(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(name, f"must be an integer, got {_type_name(value)}")
-    if not low <= value <= high:
-        raise InvalidInput(name, f"must be between {low} and {high}, got {value}")
-    return value
-
-
-def _ngram_range(value: Any) -> tuple[int, int]:
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        raise InvalidInput("ngram_range", f"must be [low, high], got {value!r:.40}")
-    low = _int_in("ngram_range", value[0], 1, MAX_NGRAM)
-    high = _int_in("ngram_range", value[1], 1, MAX_NGRAM)
-    if low > high:
-        raise InvalidInput("ngram_range", f"low {low} is above high {high}")
-    return (low, high)
-
-
-def _language(value: Any) -> str:
-    if not isinstance(value, str) or not _LANGUAGE.match(value):
-        raise InvalidInput("language", f"must be 'auto' or a language code, got {value!r:.40}")
-    return value.split("-")[0]
-
-
-def _optional_fraction(name: str, value: Any, low: float, high: float) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(name, f"must be a number or null, got {_type_name(value)}")
-    if not low <= value <= high:
-        raise InvalidInput(name, f"must be between {low} and {high}, got {value}")
-    return float(value)
-
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidInput(name, f"must be true or false, got {_type_name(value)}")
-    return value
+    return ExtractTagsRequest.parse(kwargs, max_text_chars=max_text_chars)

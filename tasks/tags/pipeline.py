@@ -13,7 +13,7 @@ from itertools import chain
 
 import numpy as np
 
-from tasks.tags.candidates import Candidates, candidates_for
+from tasks.tags.candidates import MAX_CANDIDATES, Candidates, candidates_for
 from tasks.tags.embedder import TextEncoder, Vector, embed_distinct
 from tasks.tags.mmr import mmr
 from tasks.tags.options import Tag, TagOptions, TagResult
@@ -27,6 +27,7 @@ def extract_tags(
     options: TagOptions | Sequence[TagOptions],
     *,
     encoder: TextEncoder,
+    max_candidates: int = MAX_CANDIDATES,
 ) -> list[TagResult]:
     """Tags for each of ``docs``, in order.
 
@@ -34,11 +35,14 @@ def extract_tags(
         docs: the documents.
         options: one ``TagOptions`` for all documents, or one per document.
         encoder: the loaded embedding model (``registry.get("embedder").model``).
+        max_candidates: candidates embedded per document (the most frequent).
     """
     per_doc = [options] * len(docs) if isinstance(options, TagOptions) else list(options)
     if len(per_doc) != len(docs):
         raise ValueError(f"{len(per_doc)} options for {len(docs)} documents")
-    cut = [candidates_for(doc, opts) for doc, opts in zip(docs, per_doc, strict=True)]
+    cut = [
+        candidates_for(doc, opts, max_candidates) for doc, opts in zip(docs, per_doc, strict=True)
+    ]
     vectors = embed_distinct(encoder, chain(docs, *(c.phrases for c in cut)))
     return [
         _rank(vectors[doc], candidates, vectors, opts)

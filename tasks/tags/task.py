@@ -1,71 +1,54 @@
 """``tasks.extract_tags``: one document per message, grouped by the worker into batches.
 
-A thin adapter: kwargs become a ``TagRequest`` (``parse``), a batch of them goes through
-``extract_tags`` with the child's preloaded embedder, and each result leaves as JSON with
-the common envelope. ``IsolatedBatches`` stores one result or failure per request.
+A thin adapter: kwargs become an ``ExtractTagsRequest`` (``parse``); a group of them goes
+through ``extract_tags`` with the child's preloaded embedder. The runtime stores one result
+or failure per request and stamps each with the model, backend and mode.
+
+Lightweight mode embeds less: unigram candidates only, at most ``LIGHT_MAX_CANDIDATES`` per
+document, from the first ``LIGHT_MAX_TEXT_CHARS`` characters of the text.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from config import get_settings
+from config import Settings
 from tasks.tags.models import MODEL_NAME
-from tasks.tags.options import TagRequest, parse_request
+from tasks.tags.options import ExtractTagsRequest, parse_request
 from tasks.tags.pipeline import extract_tags
-from worker.app import app
-from worker.batching import IsolatedBatches
-from worker.jobs import Mode, envelope
-from worker.memory import process_guard
+from worker.handler import Outcome, Produced, RunContext, RunMode
 from worker.registry import registry
 
-TASK_NAME = "tasks.extract_tags"
+#: candidates per document in lightweight mode: a quarter of normal mode's, unigrams only
+LIGHT_MAX_CANDIDATES = 128
+#: text kept in lightweight mode: about five pages, where most of a document's topics show
+LIGHT_MAX_TEXT_CHARS = 10_000
 
 
-class ExtractTags(IsolatedBatches[TagRequest]):
-    """Batch task: ``send_task("tasks.extract_tags", kwargs={"text": ..., ...})``."""
+class ExtractTags:
+    """Handler: ``send_task("tasks.extract_tags", kwargs={"text": ..., ...})``."""
 
-    name = TASK_NAME
+    def parse(self, kwargs: dict[str, Any], settings: Settings) -> ExtractTagsRequest:
+        return parse_request(kwargs, max_text_chars=settings.max_text_chars)
 
-    def __init__(self) -> None:
-        super().__init__()
-        settings = get_settings()
-        self.flush_every = settings.tags_batch_size
-        self.flush_interval = settings.tags_flush_interval_s
-        self.flush_idle_s = settings.batch_idle_flush_s
-
-    def parse(self, kwargs: dict[str, Any]) -> TagRequest:
-        return parse_request(kwargs, max_text_chars=get_settings().max_text_chars)
-
-    def batch_limit(self) -> int:
-        """The configured batch size, halved (or 1) by the memory guard under pressure."""
-        return process_guard().batch_cap(get_settings().tags_batch_size)
-
-    def run_items(self, items: Sequence[TagRequest]) -> list[dict[str, Any]]:
-        started = time.perf_counter()
-        guard = process_guard()
-        check = guard.check()
-        results = extract_tags(
-            [item.text for item in items],
-            [item.options for item in items],
-            encoder=registry.get(MODEL_NAME).model,
-        )
-        mode: Mode = "normal" if check.verdict == "normal" else "lightweight"
-        payloads = []
-        for result in results:
-            payloads.append(
-                envelope(
-                    result.as_dict(),
-                    model_name=MODEL_NAME,
-                    mode=mode,
-                    mode_reason=check.reason,
-                    started=started,
-                )
+    def run(
+        self, items: Sequence[ExtractTagsRequest], mode: RunMode, context: RunContext
+    ) -> list[Outcome]:
+        encoder = registry.get(MODEL_NAME).model
+        if not mode.lightweight:
+            results = extract_tags(
+                [item.text for item in items], [item.options for item in items], encoder=encoder
             )
-        guard.job_done(len(payloads))  # one gc check per batch: a full gc costs ~0.1-0.3 s
-        return payloads
-
-
-extract_tags_task = app.register_task(ExtractTags())
+            return [Produced(r.as_dict(), MODEL_NAME, mode) for r in results]
+        texts = [item.text[:LIGHT_MAX_TEXT_CHARS] for item in items]
+        options = [replace(item.options, ngram_range=(1, 1)) for item in items]
+        results = extract_tags(texts, options, encoder=encoder, max_candidates=LIGHT_MAX_CANDIDATES)
+        outcomes: list[Outcome] = []
+        for item, result in zip(items, results, strict=True):
+            payload = result.as_dict()
+            if len(item.text) > LIGHT_MAX_TEXT_CHARS:
+                payload["truncated_from_chars"] = len(item.text)
+            outcomes.append(Produced(payload, MODEL_NAME, mode))
+        return outcomes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tasks.transcription.options import TranscriptSegment
+from tasks.transcription.results import TranscriptSegment
 
 
 def _timestamp(seconds: float, decimal: str) -> str:

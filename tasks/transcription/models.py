@@ -1,5 +1,5 @@
-"""The whisper models in the per-process registry: ``whisper`` (preloaded for the transcribe
-queue) and ``whisper-lightweight`` (loaded only when lightweight mode first needs it)."""
+"""The whisper models' loaders: ``whisper`` (preloaded for the transcribe queue) and
+``whisper-lightweight`` (loaded only when lightweight mode first needs it)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,13 @@ from faster_whisper import WhisperModel
 
 from config import Settings
 from worker.bundled import resolve_whisper
-from worker.registry import Loaded, registry
+from worker.registry import Loaded
 
 log = logging.getLogger(__name__)
 
+#: registry names (declared in ``tasks.transcription.family``)
 WHISPER = "whisper"
 WHISPER_LIGHTWEIGHT = "whisper-lightweight"
-QUEUE = "transcribe"
-#: no worker consumes this name, so the lightweight model is never preloaded
-LAZY_QUEUE = "transcribe.lazy"
 
 
 def whisper_device(settings: Settings) -> str:
@@ -95,7 +93,3 @@ def load_lightweight(settings: Settings) -> Loaded:
     """The configured lightweight model (or the main one) at int8."""
     model_id = settings.whisper_lightweight_model or settings.whisper_model
     return _load(model_id, settings, lightweight=True)
-
-
-registry.register(WHISPER, QUEUE, load_whisper)
-registry.register(WHISPER_LIGHTWEIGHT, LAZY_QUEUE, load_lightweight)

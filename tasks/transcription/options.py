@@ -1,20 +1,29 @@
-"""What a transcription job asks for and what it returns, as typed dataclasses.
+"""What a transcription job asks for and what it returns.
 
-``parse_request`` turns a message's JSON kwargs into a ``TranscribeRequest``; results become
-dicts only at the task boundary (``TranscriptResult.as_dict``).
+``TranscribeRequest`` is the JSON kwargs of ``tasks.transcribe`` as a pydantic model;
+``parse_request`` validates them and confines the path or decodes the bytes into the
+``TranscriptionJob`` the runner takes. Results become dicts only at the task boundary
+(``TranscriptResult.as_dict``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Field, Strict, ValidationInfo, field_validator, model_validator
 
 from config import Settings
+from tasks.transcription.formats import to_srt, to_vtt
+from tasks.transcription.results import TranscriptSegment as TranscriptSegment  # re-export
+from tasks.transcription.results import Word as Word  # re-export
 from worker.errors import InputTooLarge, InvalidInput
 from worker.paths import confined_path
+from worker.validation import RequestModel, context_value
 
 Task = Literal["transcribe", "translate"]
 OutputFormat = Literal["text", "segments", "srt", "vtt"]
@@ -23,20 +32,6 @@ OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("text", "segments", "srt", "vtt")
 DEFAULT_FORMATS: tuple[OutputFormat, ...] = ("text", "segments")
 #: Whisper reads at most this many tokens of prompt; longer prompts are a client mistake
 MAX_PROMPT_CHARS = 1000
-#: kwargs a request may carry; anything else is refused so typos do not pass silently
-KNOWN_KWARGS = frozenset(
-    {
-        "audio_path",
-        "audio_b64",
-        "language",
-        "task",
-        "beam_size",
-        "vad_filter",
-        "word_timestamps",
-        "initial_prompt",
-        "output_formats",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -66,27 +61,11 @@ class AudioSource:
 
 
 @dataclass(frozen=True)
-class TranscribeRequest:
+class TranscriptionJob:
     """One parsed job: its audio source and decoding options."""
 
     source: AudioSource
     options: TranscribeOptions
-
-
-@dataclass(frozen=True)
-class Word:
-    start: float
-    end: float
-    word: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class TranscriptSegment:
-    start: float
-    end: float
-    text: str
-    words: tuple[Word, ...] | None = None
 
 
 @dataclass
@@ -105,8 +84,6 @@ class TranscriptResult:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON for the result store: text and segments always, SRT/VTT/words when asked."""
-        from tasks.transcription.formats import to_srt, to_vtt
-
         formats = self.options.output_formats
         out: dict[str, Any] = {
             "text": self.text,
@@ -132,26 +109,87 @@ def _segment_dict(segment: TranscriptSegment) -> dict[str, Any]:
     return {"start": segment.start, "end": segment.end, "text": segment.text}
 
 
-def parse_request(kwargs: dict[str, Any], settings: Settings) -> TranscribeRequest:
-    """Validate a message's kwargs; every problem is an ``InvalidInput`` naming its field."""
-    unknown = sorted(set(kwargs) - KNOWN_KWARGS)
-    if unknown:
-        raise InvalidInput(unknown[0], f"unknown option; accepted: {sorted(KNOWN_KWARGS)}")
-    return TranscribeRequest(
-        source=_parse_source(kwargs, settings), options=_parse_options(kwargs, settings)
+_DEFAULTS = TranscribeOptions()
+
+
+class TranscribeRequest(RequestModel):
+    """The JSON kwargs of ``tasks.transcribe``: exactly one audio source, then its options."""
+
+    audio_path: str | None = None  # under MLWORKER_INPUT_ROOT, checked by ``parse_request``
+    audio_b64: str | None = None
+    language: str | None = None  # None, "" or "auto": detect
+    task: Task = _DEFAULTS.task
+    #: None: the worker's ``whisper_beam_size`` (``settings`` in the context)
+    beam_size: int | None = Field(None, ge=1, le=16, validate_default=True)
+    vad_filter: bool = _DEFAULTS.vad_filter
+    word_timestamps: bool = _DEFAULTS.word_timestamps
+    initial_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    output_formats: Annotated[tuple[OutputFormat, ...], Strict(False), Field(min_length=1)] = (
+        DEFAULT_FORMATS
     )
 
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        if value in ("", "auto"):
+            return None
+        if value is not None and not 2 <= len(value) <= 5:
+            raise ValueError("must be a language code such as 'en', or null to detect")
+        return value
 
-def _parse_source(kwargs: dict[str, Any], settings: Settings) -> AudioSource:
-    path, b64 = kwargs.get("audio_path"), kwargs.get("audio_b64")
-    if (path is None) == (b64 is None):
-        raise InvalidInput("audio_path", "give exactly one of audio_path or audio_b64")
-    if path is not None:
-        return AudioSource(
-            "audio_path", path=confined_path("audio_path", path, settings.input_root)
+    @field_validator("beam_size")
+    @classmethod
+    def _default_beam(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None:
+            return value
+        settings: Settings | None = context_value(info, "settings")
+        return None if settings is None else settings.whisper_beam_size
+
+    @field_validator("vad_filter", "word_timestamps", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: object, info: ValidationInfo) -> object:
+        return cls.model_fields[str(info.field_name)].default if value is None else value
+
+    @field_validator("output_formats", mode="before")
+    @classmethod
+    def _one_format(cls, value: object) -> object:
+        """Null is the default formats; a lone string is a list of one."""
+        if value is None:
+            return DEFAULT_FORMATS
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.audio_path is None) == (self.audio_b64 is None):
+            raise InvalidInput("audio_path", "give exactly one of audio_path or audio_b64")
+        return self
+
+    @property
+    def options(self) -> TranscribeOptions:
+        """The decoding options (beam size 5 when neither the request nor a context set it)."""
+        return TranscribeOptions(
+            language=self.language,
+            task=self.task,
+            beam_size=_DEFAULTS.beam_size if self.beam_size is None else self.beam_size,
+            vad_filter=self.vad_filter,
+            word_timestamps=self.word_timestamps,
+            initial_prompt=self.initial_prompt,
+            output_formats=self.output_formats,
         )
-    if not isinstance(b64, str):
-        raise InvalidInput("audio_b64", "must be a base64 string")
+
+
+def parse_request(kwargs: Mapping[str, Any], settings: Settings) -> TranscriptionJob:
+    """Validate a message's kwargs; every problem is an ``InvalidInput`` naming its field."""
+    request = TranscribeRequest.parse(kwargs, settings=settings)
+    return TranscriptionJob(source=_source(request, settings), options=request.options)
+
+
+def _source(request: TranscribeRequest, settings: Settings) -> AudioSource:
+    """Confine the path to the input root, or decode the base64 within the byte limit."""
+    b64 = request.audio_b64
+    if b64 is None:
+        path = confined_path("audio_path", request.audio_path, settings.input_root)
+        return AudioSource("audio_path", path=path)
     # 4 base64 chars carry 3 bytes: refuse before decoding anything too large
     if len(b64) * 3 // 4 > settings.max_b64_bytes + 2:
         raise InputTooLarge("audio_b64", f"decodes to more than {settings.max_b64_bytes} bytes")
@@ -162,53 +200,3 @@ def _parse_source(kwargs: dict[str, Any], settings: Settings) -> AudioSource:
     if len(data) > settings.max_b64_bytes:
         raise InputTooLarge("audio_b64", f"{len(data)} bytes > limit {settings.max_b64_bytes}")
     return AudioSource("audio_b64", data=data)
-
-
-def _parse_options(kwargs: dict[str, Any], settings: Settings) -> TranscribeOptions:
-    language = kwargs.get("language")
-    if language in ("", "auto"):
-        language = None
-    if language is not None and not (isinstance(language, str) and 2 <= len(language) <= 5):
-        raise InvalidInput("language", "must be a language code such as 'en', or null to detect")
-    task = kwargs.get("task", "transcribe")
-    if task not in ("transcribe", "translate"):
-        raise InvalidInput("task", "must be 'transcribe' or 'translate'")
-    beam_size = kwargs.get("beam_size", settings.whisper_beam_size)
-    if not isinstance(beam_size, int) or isinstance(beam_size, bool) or not 1 <= beam_size <= 16:
-        raise InvalidInput("beam_size", "must be an integer from 1 to 16")
-    prompt = kwargs.get("initial_prompt")
-    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
-        raise InvalidInput("initial_prompt", f"must be a string of at most {MAX_PROMPT_CHARS}")
-    return TranscribeOptions(
-        language=language,
-        task=task,
-        beam_size=beam_size,
-        vad_filter=_flag(kwargs, "vad_filter", True),
-        word_timestamps=_flag(kwargs, "word_timestamps", False),
-        initial_prompt=prompt,
-        output_formats=_formats(kwargs.get("output_formats")),
-    )
-
-
-def _flag(kwargs: dict[str, Any], name: str, default: bool) -> bool:
-    value = kwargs.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise InvalidInput(name, "must be true or false")
-    return value
-
-
-def _formats(raw: object) -> tuple[OutputFormat, ...]:
-    if raw is None:
-        return DEFAULT_FORMATS
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list) or not raw:
-        raise InvalidInput("output_formats", f"must be a non-empty list of {list(OUTPUT_FORMATS)}")
-    chosen: list[OutputFormat] = []
-    for name in raw:
-        if name not in OUTPUT_FORMATS:
-            raise InvalidInput("output_formats", f"{name!r} is not one of {list(OUTPUT_FORMATS)}")
-        chosen.append(name)
-    return tuple(chosen)

@@ -1,10 +1,12 @@
-"""Run a group of parsed requests: decode each once, pick normal or lightweight mode, and
-fall back to lightweight when the normal path raises ``MemoryError``. Celery-free.
+"""Run a group of parsed jobs in the mode the runtime chose: decode each once, then
+transcribe. Celery-free.
 
-Lightweight mode, in order: the same model on the plain path (no batching) with greedy
-decoding; then, if that still runs out of memory, the int8 lightweight model
-(``whisper_lightweight_model`` when configured, else the same one re-quantized) after
-evicting the normal one.
+Normal mode runs short clips as one group and long ones one by one; a ``MemoryError`` in
+one unit marks just that unit's jobs ``out_of_memory`` (the runtime runs them again in
+lightweight mode). Lightweight mode, in order: the same model on the plain path (no
+batching) with greedy decoding; then, if that still runs out of memory, the int8
+lightweight model (``whisper_lightweight_model`` when configured, else the same one
+re-quantized) after evicting the normal one.
 """
 
 from __future__ import annotations
@@ -12,24 +14,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-import numpy as np
 from faster_whisper import WhisperModel
 
 from config import Settings
 from tasks.transcription import pipeline
 from tasks.transcription.audio import DecodedAudio, DurationPolicy, load_audio
 from tasks.transcription.models import WHISPER, WHISPER_LIGHTWEIGHT, use_batched
-from tasks.transcription.options import TranscribeOptions, TranscribeRequest, TranscriptResult
-from worker.errors import InsufficientMemory, JobError
-from worker.memory import MemoryGuard, collect_garbage
+from tasks.transcription.options import TranscribeOptions, TranscriptionJob, TranscriptResult
+from worker.errors import JobError
+from worker.handler import NORMAL, RunMode
+from worker.memory import collect_garbage
+from worker.modes import Mode
 from worker.registry import registry
 
 log = logging.getLogger(__name__)
-MB = 1024 * 1024
 
-Mode = Literal["normal", "lightweight"]
 #: (request index, fraction of its audio done)
 Progress = Callable[[int, float], None]
 
@@ -40,6 +40,8 @@ class Outcome:
 
     result: TranscriptResult | None = None
     error: JobError | None = None
+    #: ran out of memory in normal mode: to be run again in lightweight mode
+    out_of_memory: MemoryError | None = None
     mode: Mode = "normal"
     mode_reason: str = ""
     model_name: str = WHISPER
@@ -53,17 +55,19 @@ class _Job:
 
 
 class TranscriptionRunner:
-    """Turns parsed requests into outcomes with one model, one memory check per group."""
+    """Turns parsed jobs into outcomes with one model."""
 
-    def __init__(self, settings: Settings, guard: MemoryGuard | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.guard = guard or MemoryGuard(settings)
         self.policy = DurationPolicy.from_settings(settings)
 
     def run(
-        self, requests: Sequence[TranscribeRequest], progress: Progress | None = None
+        self,
+        requests: Sequence[TranscriptionJob],
+        mode: RunMode = NORMAL,
+        progress: Progress | None = None,
     ) -> list[Outcome]:
-        """One outcome per request, in order; a bad input fails only its own request."""
+        """One outcome per job, in order, in ``mode``; a bad input fails only its own job."""
         report = progress or (lambda _index, _fraction: None)
         outcomes = [Outcome() for _ in requests]
         jobs: list[_Job] = []
@@ -72,21 +76,15 @@ class TranscriptionRunner:
                 jobs.append(_Job(index, load_audio(request.source, self.policy), request.options))
             except JobError as exc:
                 outcomes[index].error = exc
-        check = self.guard.check()
-        if check.verdict == "refuse":
-            for job in jobs:
-                outcomes[job.index].error = InsufficientMemory(check.reason)
-            return outcomes
-        if check.verdict == "lightweight":
-            self._lightweight(jobs, outcomes, f"memory guard: {check.reason}", report)
+        if mode.lightweight:
+            self._lightweight(jobs, outcomes, mode.reason, report)
         else:
             self._normal(jobs, outcomes, report)
-        self.guard.job_done()
         return outcomes
 
     def _normal(self, jobs: list[_Job], outcomes: list[Outcome], report: Progress) -> None:
-        """Short clips as one group, long ones one by one; a MemoryError in a unit sends
-        just that unit's jobs to lightweight mode."""
+        """Short clips as one group, long ones one by one; a MemoryError in a unit marks
+        just that unit's jobs ``out_of_memory``."""
         loaded = registry.get(WHISPER)
         batched = use_batched(self.settings, str(loaded.details.get("device", "cpu")))
         short = [j for j in jobs if j.audio.duration_s <= pipeline.WINDOW_S]
@@ -94,12 +92,11 @@ class TranscriptionRunner:
         units += [[j] for j in jobs if j.audio.duration_s > pipeline.WINDOW_S]
         for unit in units:
             try:
-                self._reserve_for_test()
                 self._run_normal(loaded.model, unit, outcomes, report, batched)
             except MemoryError as exc:
-                log.warning("MemoryError in normal mode (%s); retrying %d light", exc, len(unit))
-                collect_garbage()
-                self._lightweight(unit, outcomes, f"MemoryError in normal mode: {exc}", report)
+                log.warning("MemoryError in normal mode (%s) for %d clip(s)", exc, len(unit))
+                for job in unit:
+                    outcomes[job.index].out_of_memory = exc
 
     def _run_normal(
         self,
@@ -129,12 +126,6 @@ class TranscriptionRunner:
             progress=lambda fraction: report(job.index, fraction),
         )
 
-    def _reserve_for_test(self) -> None:
-        """The ``transcribe_test_reserve_mb`` hook: a real allocation in the normal path."""
-        if self.settings.transcribe_test_reserve_mb:
-            reserved = np.ones(self.settings.transcribe_test_reserve_mb * MB, dtype=np.uint8)
-            del reserved
-
     def _lightweight(
         self, jobs: list[_Job], outcomes: list[Outcome], reason: str, report: Progress
     ) -> None:
@@ -144,7 +135,7 @@ class TranscriptionRunner:
             try:
                 outcome.result, outcome.model_name = self._light_one(job, report)
             except MemoryError as exc:
-                outcome.error = InsufficientMemory(f"lightweight mode ran out of memory: {exc}")
+                outcome.out_of_memory = exc
 
     def _light_one(self, job: _Job, report: Progress) -> tuple[TranscriptResult, str]:
         """Plain path, greedy, normal model; then the int8 lightweight model."""

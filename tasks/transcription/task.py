@@ -1,4 +1,4 @@
-"""``tasks.transcribe`` on queue ``transcribe``: a thin batch task over the runner.
+"""``tasks.transcribe`` on queue ``transcribe``: a thin handler over the runner.
 
 Requests that arrive together (up to ``transcribe_batch_size`` within
 ``transcribe_flush_interval_s``) run as one group in one child; each still gets its own
@@ -7,69 +7,36 @@ stored result or failure, and PROGRESS states carrying ``{"fraction": 0..1}``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
-import tasks.transcription.models  # noqa: F401  (registers "whisper" for preload)
-from config import get_settings
-from tasks.transcription.options import TranscribeRequest, parse_request
+from config import Settings
+from tasks.transcription.options import TranscriptionJob, parse_request
 from tasks.transcription.runner import TranscriptionRunner
-from worker.app import app
-from worker.batching import IsolatedBatches
 from worker.errors import JobError
-from worker.jobs import envelope
-from worker.memory import process_guard
-
-_settings = get_settings()
+from worker.handler import Outcome, Produced, RunContext, RunMode
 
 
-class TranscribeTask(IsolatedBatches[TranscribeRequest]):
-    """Parse kwargs into a ``TranscribeRequest``; run the group; envelope each result."""
+class Transcribe:
+    """Handler: parse kwargs into a ``TranscriptionJob``; run the group in the given mode."""
 
-    name = "tasks.transcribe"
-    flush_every = _settings.transcribe_batch_size
-    flush_interval = _settings.transcribe_flush_interval_s
-    flush_idle_s = _settings.batch_idle_flush_s
     _runner: TranscriptionRunner | None = None
 
-    @property
-    def runner(self) -> TranscriptionRunner:
-        if self._runner is None:  # built in the child, where the memory guard must read
-            self._runner = TranscriptionRunner(get_settings(), process_guard())
-        return self._runner
+    def parse(self, kwargs: dict[str, Any], settings: Settings) -> TranscriptionJob:
+        return parse_request(kwargs, settings)
 
-    def parse(self, kwargs: dict[str, Any]) -> TranscribeRequest:
-        return parse_request(kwargs, get_settings())
-
-    def run_items(self, items: Sequence[TranscribeRequest]) -> list[dict[str, Any] | JobError]:
-        started = time.perf_counter()
-        requests = list(self.group_requests)
-        last: dict[int, float] = {}
-
-        def progress(index: int, fraction: float) -> None:
-            # at most one Redis write per 5% of a clip: progress must not slow the job
-            if fraction - last.get(index, -1.0) >= 0.05 or fraction >= 1.0:
-                last[index] = fraction
-                meta = {"fraction": round(fraction, 3)}
-                self.backend.store_result(requests[index].id, meta, "PROGRESS")
-
-        outcomes = self.runner.run(items, progress)
-        out: list[dict[str, Any] | JobError] = []
-        for outcome in outcomes:
-            if outcome.error is not None or outcome.result is None:
+    def run(
+        self, items: Sequence[TranscriptionJob], mode: RunMode, context: RunContext
+    ) -> list[Outcome]:
+        if self._runner is None:  # built in the child, with the child's settings
+            self._runner = TranscriptionRunner(context.settings)
+        out: list[Outcome] = []
+        for outcome in self._runner.run(items, mode, context.progress):
+            if outcome.out_of_memory is not None:
+                out.append(outcome.out_of_memory)
+            elif outcome.error is not None or outcome.result is None:
                 out.append(outcome.error or JobError("no transcript produced"))
-                continue
-            out.append(
-                envelope(
-                    outcome.result.as_dict(),
-                    model_name=outcome.model_name,
-                    mode=outcome.mode,
-                    mode_reason=outcome.mode_reason,
-                    started=started,
-                )
-            )
+            else:
+                ran = RunMode(outcome.mode, outcome.mode_reason)
+                out.append(Produced(outcome.result.as_dict(), outcome.model_name, ran))
         return out
-
-
-transcribe = app.register_task(TranscribeTask())

@@ -38,6 +38,23 @@ def resolve_url(settings: Settings) -> str | None:
     return settings.broker_url() or running_embedded_url(settings)
 
 
+def require_broker() -> str:
+    """The broker URL for a command that joins an existing stack, exported for Celery."""
+    import typer
+
+    from config import get_settings
+
+    url = resolve_url(get_settings())
+    if not url:
+        typer.echo(
+            f"no broker: set {URL_ENV} or start the local stack with `mlworker up`", err=True
+        )
+        raise typer.Exit(2)
+    os.environ[URL_ENV] = url
+    get_settings.cache_clear()
+    return url
+
+
 @contextlib.contextmanager
 def broker_for_session(settings: Settings) -> Iterator[str]:
     """Yield a broker URL, starting a private redis-server when none is configured.

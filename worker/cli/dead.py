@@ -9,14 +9,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from worker.cli.broker import require_broker
 from worker.client import MLClient
 
 dead = typer.Typer(help="Jobs set aside after too many deliveries.", no_args_is_help=True)
 
 
 def _client() -> MLClient:
-    from worker.cli.main import require_broker
-
     require_broker()
     return MLClient()
 

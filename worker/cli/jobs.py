@@ -1,11 +1,13 @@
-"""``mlworker submit ...`` and ``mlworker status``: enqueue jobs and look at them."""
+"""``mlworker submit ...`` and ``mlworker status``: enqueue jobs and look at them.
+
+Each family adds its own ``submit <queue>`` command (its spec's ``cli``); the options and
+the ending every submit command shares (``--wait``, ``--job-id``, ``--timeout``) are here.
+"""
 
 from __future__ import annotations
 
-import base64
 import json
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from worker.cli.broker import require_broker
 from worker.client import Job, JobFailed, MLClient
 
 submit = typer.Typer(help="Enqueue a job; prints its id (or, with --wait, its result).")
@@ -25,9 +28,8 @@ JobIdOption = Annotated[
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits.")]
 
 
-def _client() -> MLClient:
-    from worker.cli.main import require_broker
-
+def client() -> MLClient:
+    """A client of the stack this command joins."""
     require_broker()
     return MLClient()
 
@@ -47,7 +49,8 @@ def wait_for(job: Job, timeout: float) -> dict[str, Any]:
     return job.result(timeout=0.5)
 
 
-def _finish(job: Job, wait: bool, timeout: float) -> None:
+def finish(job: Job, wait: bool, timeout: float) -> None:
+    """Print the job id, or with ``wait`` show progress and print the result (exit 1 on failure)."""
     if job.resubmitted:
         console.print(f"job id {job.id} was submitted before: not sent again")
     if not wait:
@@ -61,74 +64,23 @@ def _finish(job: Job, wait: bool, timeout: float) -> None:
     typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
 
 
-@submit.command("tags")
-def submit_tags(
-    text: str,
-    top_n: Annotated[int, typer.Option("--top-n")] = 5,
-    language: str = "auto",
-    wait: WaitOption = False,
-    job_id: JobIdOption = None,
-    timeout: TimeoutOption = 300.0,
-) -> None:
-    """Extract keyphrases from TEXT."""
-    _finish(_client().extract_tags(text, top_n, language=language, job_id=job_id), wait, timeout)
-
-
-@submit.command("transcribe")
-def submit_transcribe(
-    audio: Annotated[str, typer.Argument(help="Path under the input root, or a local file.")],
-    inline: Annotated[bool, typer.Option("--inline", help="Send the file as audio_b64.")] = False,
-    language: str | None = None,
-    output_format: Annotated[list[str] | None, typer.Option("--format")] = None,
-    wait: WaitOption = False,
-    job_id: JobIdOption = None,
-    timeout: TimeoutOption = 1800.0,
-) -> None:
-    """Transcribe AUDIO (a path the workers can read, or inline with --inline)."""
-    client = _client()
-    if inline:
-        b64 = base64.b64encode(Path(audio).read_bytes()).decode()
-        job = client.transcribe(
-            audio_b64=b64, language=language, output_formats=output_format, job_id=job_id
-        )
-    else:
-        job = client.transcribe(
-            audio, language=language, output_formats=output_format, job_id=job_id
-        )
-    _finish(job, wait, timeout)
-
-
-@submit.command("automl")
-def submit_automl(
-    data_path: str,
-    target: Annotated[str, typer.Option("--target", help="Column to predict.")],
-    task_type: Annotated[str | None, typer.Option("--task-type")] = None,
-    wait: WaitOption = False,
-    job_id: JobIdOption = None,
-    timeout: TimeoutOption = 3600.0,
-) -> None:
-    """Train on DATA_PATH (CSV/Parquet under the input root) to predict --target."""
-    extra = {"task_type": task_type} if task_type else {}
-    _finish(_client().automl(data_path, target, job_id=job_id, **extra), wait, timeout)
-
-
 def show_job(job_id: str) -> None:
     """State and result (or error) of one job."""
-    client = _client()
-    meta = Job(job_id, "?", client.app).meta()
+    meta = Job(job_id, "?", client().app).meta()
     typer.echo(json.dumps(_jsonable(meta), ensure_ascii=False, indent=2))
 
 
 def show_queues() -> None:
     """Queue depths, then each live worker child with its queues, models and RSS."""
-    from worker.app import DEAD_LETTER_QUEUE, FAMILY_QUEUES
-    from worker.cli.main import require_broker
+    from worker.families import load_families
+    from worker.family import DEAD_LETTER_QUEUE
     from worker.metrics import UNACKED_KEY, MetricsStore
 
     store = MetricsStore.from_url(require_broker())
-    depths = store.queue_depths([*FAMILY_QUEUES, DEAD_LETTER_QUEUE])
+    queues = [*load_families().queues, DEAD_LETTER_QUEUE]
+    depths = store.queue_depths(queues)
     table = Table("queue", "waiting")
-    for queue in (*FAMILY_QUEUES, DEAD_LETTER_QUEUE):
+    for queue in queues:
         table.add_row(queue, str(depths[queue]))
     table.add_row("(unacked: prefetched, buffered or running)", str(depths[UNACKED_KEY]))
     out = Console()

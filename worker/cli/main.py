@@ -13,46 +13,41 @@ from typing import Annotated
 import typer
 
 from config import get_settings
-from worker.cli.broker import URL_ENV, resolve_url
+from worker.cli.broker import require_broker
 from worker.cli.dead import dead
 from worker.cli.jobs import submit
-from worker.cli.models import models
 from worker.cli.ops import metrics
+from worker.families import load_families
+from worker.family import resolve
 
 cli = typer.Typer(help="Celery job workers for ML.", no_args_is_help=True, add_completion=False)
+models = typer.Typer(
+    help="Export, verify and list accelerated models (offline, one-time steps).",
+    no_args_is_help=True,
+)
+verify = typer.Typer(
+    help="Check an exported or quantized model against FP32.", no_args_is_help=True
+)
+models.add_typer(verify, name="verify")
 cli.add_typer(submit, name="submit")
 cli.add_typer(dead, name="dead")
 cli.add_typer(models, name="models")
 cli.command()(metrics)
+#: command groups a family's ``cli`` hook adds its commands to
+GROUPS = {"submit": submit, "models": models, "verify": verify}
+for _family in load_families():
+    if _family.cli:
+        resolve(_family.cli)(GROUPS)
 
+ALL_QUEUES = ",".join(load_families().queues)
 QueuesOption = Annotated[
-    str, typer.Option("--queues", "-Q", help="Comma-separated queues: transcribe,tags,automl.")
+    str, typer.Option("--queues", "-Q", help=f"Comma-separated queues: {ALL_QUEUES}.")
 ]
-
-
-def prefetch_for(queues: list[str]) -> int:
-    """Messages each child reserves: a batch task needs a full batch buffered, others one."""
-    s = get_settings()
-    wanted = {"tags": 2 * s.tags_batch_size, "transcribe": 2 * s.transcribe_batch_size}
-    return max([1, *(wanted.get(q, 1) for q in queues)])
-
-
-def require_broker() -> str:
-    """The broker URL for a command that joins an existing stack, exported for Celery."""
-    url = resolve_url(get_settings())
-    if not url:
-        typer.echo(
-            f"no broker: set {URL_ENV} or start the local stack with `mlworker up`", err=True
-        )
-        raise typer.Exit(2)
-    os.environ[URL_ENV] = url
-    get_settings.cache_clear()
-    return url
 
 
 @cli.command()
 def worker(
-    queues: QueuesOption = "transcribe,tags,automl",
+    queues: QueuesOption = ALL_QUEUES,
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
     hostname: Annotated[str | None, typer.Option("--hostname", "-n")] = None,
@@ -64,16 +59,13 @@ def worker(
         os.environ["MLWORKER_CONCURRENCY"] = str(concurrency)
         get_settings.cache_clear()
     settings = get_settings()
-    from worker.app import app, task_modules
-
-    app.conf.include = task_modules(",".join(names))  # only this worker's families
+    from worker.app import app  # its worker registers only these queues' families
 
     node = hostname or f"{'-'.join(names)}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
     argv = [
         "worker",
         "--queues", ",".join(names),
         "--concurrency", str(settings.concurrency),
-        "--prefetch-multiplier", str(prefetch_for(names)),
         "--hostname", node,
         "--loglevel", loglevel,
         "--pool", "prefork",
@@ -85,7 +77,7 @@ def worker(
 
 @cli.command()
 def up(
-    queues: QueuesOption = "transcribe,tags,automl",
+    queues: QueuesOption = ALL_QUEUES,
     flower: Annotated[bool, typer.Option(help="Start Flower too.")] = True,
     metrics: Annotated[bool, typer.Option(help="Start the Prometheus exporter too.")] = True,
     log_dir: Annotated[Path | None, typer.Option(help="Write child logs here.")] = None,

@@ -20,7 +20,8 @@ def metrics(port: PortOption = None, address: AddressOption = None) -> None:
     """Serve Prometheus metrics: queue depths read at scrape time plus what workers record."""
     from prometheus_client import start_http_server
 
-    from worker.cli.main import require_broker
+    from worker.cli.broker import require_broker
+    from worker.families import load_families
     from worker.metrics import MetricsStore, build_registry
 
     url = require_broker()
@@ -28,7 +29,9 @@ def metrics(port: PortOption = None, address: AddressOption = None) -> None:
     bind = address or settings.metrics_address
     listen = port if port is not None else settings.metrics_port
     server, thread = start_http_server(
-        listen, addr=bind, registry=build_registry(MetricsStore.from_url(url))
+        listen,
+        addr=bind,
+        registry=build_registry(MetricsStore.from_url(url), load_families(settings).queues),
     )
     typer.echo(f"metrics http://{bind}:{server.server_port}/metrics", err=True)
     stop = threading.Event()

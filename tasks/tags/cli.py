@@ -1,33 +1,58 @@
-"""``mlworker models``: export, verify and list accelerated models (offline, one-time steps).
+"""The tags family's commands and demo jobs.
 
-``export`` builds the configured embedder's ONNX FP32 and/or INT8 graph in the model cache
-and verifies it; ``verify`` re-checks an export (or a Whisper compute type) against FP32;
-``list`` shows each export's size and verdict. Exit status 1 means a model was refused.
+``mlworker submit tags TEXT``; ``mlworker models export|list`` and ``mlworker models verify
+embedder`` build and check the embedder's ONNX FP32/INT8 exports in the model cache (exit
+status 1 means an export was refused).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from config import get_settings
+from worker.cli.jobs import JobIdOption, TimeoutOption, WaitOption, client, finish
 
-models = typer.Typer(help="Export, verify and list accelerated models.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from worker.client import Job, MLClient
+
+Summary = Callable[[dict[str, Any]], str]
+
+#: ``mlworker demo``'s documents, one per tokenizer
+DEMO_TEXTS = {
+    "en": (
+        "Celery workers pull machine learning jobs from Redis queues. Each worker process "
+        "loads its sentence-transformer model once and groups tag extraction requests into "
+        "batches, so the embedding model runs on many documents at a time."
+    ),
+    "ja": (
+        "東京の研究所では、音声認識と自然言語処理の技術を組み合わせて、会議の議事録を自動で"
+        "作成するシステムを開発している。"
+    ),
+}
+
+
+def submit_tags(
+    text: str,
+    top_n: Annotated[int, typer.Option("--top-n")] = 5,
+    language: str = "auto",
+    wait: WaitOption = False,
+    job_id: JobIdOption = None,
+    timeout: TimeoutOption = 300.0,
+) -> None:
+    """Extract keyphrases from TEXT."""
+    finish(client().extract_tags(text, top_n, language=language, job_id=job_id), wait, timeout)
 
 
 class Backend(StrEnum):
     onnx = "onnx"
     onnx_int8 = "onnx-int8"
     all = "all"
-
-
-class Target(StrEnum):
-    embedder = "embedder"
-    whisper = "whisper"
 
 
 BackendOption = Annotated[Backend, typer.Option(help="Which ONNX build of the embedder.")]
@@ -53,7 +78,6 @@ def _verify_embedder(backends: list[str], min_cosine: float | None) -> bool:
     return passed
 
 
-@models.command()
 def export(
     backend: BackendOption = Backend.onnx_int8,
     force: Annotated[bool, typer.Option(help="Rebuild even if an export exists.")] = False,
@@ -70,36 +94,14 @@ def export(
         raise typer.Exit(1)
 
 
-@models.command()
-def verify(
-    target: Annotated[Target, typer.Argument()] = Target.embedder,
-    backend: BackendOption = Backend.onnx_int8,
-    min_cosine: FloorOption = None,
-    compute_type: Annotated[str, typer.Option(help="Whisper compute type to check.")] = "int8",
-    device: Annotated[str, typer.Option(help="Whisper device: cpu or cuda.")] = "cpu",
-    fixtures: Annotated[
-        Path | None, typer.Option(help="Speech fixtures dir with manifest.json.")
-    ] = None,
+def verify_embedder(
+    backend: BackendOption = Backend.onnx_int8, min_cosine: FloorOption = None
 ) -> None:
-    """Check an embedder export (cosine, tag agreement) or a Whisper compute type (WER delta)."""
-    if target is Target.embedder:
-        if not _verify_embedder(_backends(backend), min_cosine):
-            raise typer.Exit(1)
-        return
-    from tasks.transcription.accuracy import DEFAULT_FIXTURES, verify_compute_type
-
-    result = verify_compute_type(get_settings(), compute_type, fixtures or DEFAULT_FIXTURES, device)
-    cand, ref = result.candidate, result.reference
-    typer.echo(
-        f"whisper {cand.compute_type} on {device}: WER {cand.wer:.4f} vs float32 "
-        f"{ref.wer:.4f} (delta {result.wer_delta:+.4f}, max {result.max_wer_delta}); "
-        f"RTF {cand.rtf:.3f} vs {ref.rtf:.3f}: {'PASS' if result.passed else 'REFUSED'}"
-    )
-    if not result.passed:
+    """Check an embedder export against FP32 (lowest cosine, top-k tag agreement)."""
+    if not _verify_embedder(_backends(backend), min_cosine):
         raise typer.Exit(1)
 
 
-@models.command("list")
 def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
@@ -130,3 +132,22 @@ def list_models(
                 f"mean cos {v['mean_cosine']} top-{v['top_k']} agreement {v['tag_agreement']}"
             )
         typer.echo(f"{row.model_id}  {row.backend:9s}  {row.size_mb:7.1f} MB  {verdict}")
+
+
+def install(groups: Mapping[str, typer.Typer]) -> None:
+    groups["submit"].command("tags")(submit_tags)
+    groups["models"].command("export")(export)
+    groups["models"].command("list")(list_models)
+    groups["verify"].command("embedder")(verify_embedder)
+
+
+def summarize(result: dict[str, Any]) -> str:
+    return ", ".join(f"{t['tag']} ({t['score']:.2f})" for t in result["tags"])
+
+
+def demo(client: MLClient, input_root: Path) -> dict[str, tuple[Job, Summary]]:
+    del input_root  # tags read their text from the message
+    return {
+        "tags (en)": (client.extract_tags(DEMO_TEXTS["en"], top_n=5), summarize),
+        "tags (ja)": (client.extract_tags(DEMO_TEXTS["ja"], top_n=5, language="ja"), summarize),
+    }

@@ -1,0 +1,82 @@
+"""The transcription family's commands and demo job.
+
+``mlworker submit transcribe AUDIO``; ``mlworker models verify whisper`` checks a compute
+type's WER against float32 on the speech fixtures (exit status 1: refused).
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from config import get_settings
+from worker.cli.jobs import JobIdOption, TimeoutOption, WaitOption, client, finish
+
+if TYPE_CHECKING:
+    from worker.client import Job, MLClient
+
+Summary = Callable[[dict[str, Any]], str]
+
+#: ``mlworker demo``'s recording (espeak-ng speech, made for this project)
+DEMO_AUDIO = Path(__file__).resolve().parent / "demo.flac"
+
+
+def submit_transcribe(
+    audio: Annotated[str, typer.Argument(help="Path under the input root, or a local file.")],
+    inline: Annotated[bool, typer.Option("--inline", help="Send the file as audio_b64.")] = False,
+    language: str | None = None,
+    output_format: Annotated[list[str] | None, typer.Option("--format")] = None,
+    wait: WaitOption = False,
+    job_id: JobIdOption = None,
+    timeout: TimeoutOption = 1800.0,
+) -> None:
+    """Transcribe AUDIO (a path the workers can read, or inline with --inline)."""
+    ml = client()
+    if inline:
+        b64 = base64.b64encode(Path(audio).read_bytes()).decode()
+        job = ml.transcribe(
+            audio_b64=b64, language=language, output_formats=output_format, job_id=job_id
+        )
+    else:
+        job = ml.transcribe(audio, language=language, output_formats=output_format, job_id=job_id)
+    finish(job, wait, timeout)
+
+
+def verify_whisper(
+    compute_type: Annotated[str, typer.Option(help="Whisper compute type to check.")] = "int8",
+    device: Annotated[str, typer.Option(help="Whisper device: cpu or cuda.")] = "cpu",
+    fixtures: Annotated[
+        Path | None, typer.Option(help="Speech fixtures dir with manifest.json.")
+    ] = None,
+) -> None:
+    """Check a Whisper compute type: WER on the speech fixtures against float32's."""
+    from tasks.transcription.accuracy import DEFAULT_FIXTURES, verify_compute_type
+
+    result = verify_compute_type(get_settings(), compute_type, fixtures or DEFAULT_FIXTURES, device)
+    cand, ref = result.candidate, result.reference
+    typer.echo(
+        f"whisper {cand.compute_type} on {device}: WER {cand.wer:.4f} vs float32 "
+        f"{ref.wer:.4f} (delta {result.wer_delta:+.4f}, max {result.max_wer_delta}); "
+        f"RTF {cand.rtf:.3f} vs {ref.rtf:.3f}: {'PASS' if result.passed else 'REFUSED'}"
+    )
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+def install(groups: Mapping[str, typer.Typer]) -> None:
+    groups["submit"].command("transcribe")(submit_transcribe)
+    groups["verify"].command("whisper")(verify_whisper)
+
+
+def summarize(result: dict[str, Any]) -> str:
+    return f"[{result.get('language')}] {result['text'].strip()}"
+
+
+def demo(client: MLClient, input_root: Path) -> dict[str, tuple[Job, Summary]]:
+    shutil.copyfile(DEMO_AUDIO, input_root / "speech.flac")
+    return {"transcribe speech.flac": (client.transcribe("speech.flac"), summarize)}

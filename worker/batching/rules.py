@@ -1,0 +1,52 @@
+"""When a batched task flushes its buffer: pure functions of the buffer's state and the clock.
+
+celery-batches flushes when the buffer holds ``flush_every`` requests, and on a periodic timer.
+mlworker adds the idle rule: a partial buffer is flushed once no request has arrived for
+``idle_s`` *while a pool child is free*, so a lone job starts at once; with every child busy
+the buffer keeps filling (a flush could only queue behind the running batch).
+``interval_s`` still caps how long the oldest buffered request waits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: the finest timer period: below this the consumer's event loop spends its time on ticks
+MIN_TICK_S = 0.005
+
+
+@dataclass(frozen=True)
+class BufferState:
+    """What the consumer knows when its flush timer fires."""
+
+    buffered: int
+    batch_size: int
+    #: monotonic time of the oldest buffered request's arrival (None: none since the last flush)
+    first_arrival: float | None
+    last_arrival: float
+    #: batches handed to the pool and not yet returned
+    in_flight: int
+    children: int
+
+
+def should_flush(state: BufferState, now: float, *, idle_s: float, interval_s: float) -> bool:
+    """Whether a timer tick at ``now`` flushes the buffer.
+
+    With ``idle_s`` 0 every tick flushes (celery-batches' plain periodic timer). Otherwise a
+    partial buffer waits while requests keep arriving or every child is busy, but never
+    longer than ``interval_s`` after its oldest request arrived.
+    """
+    if idle_s <= 0 or not 0 < state.buffered < state.batch_size:
+        return True
+    first = state.first_arrival if state.first_arrival is not None else now
+    if now - first >= interval_s:
+        return True
+    quiet = now - state.last_arrival >= idle_s
+    return quiet and state.in_flight < max(1, state.children)
+
+
+def tick_s(*, idle_s: float, interval_s: float) -> float:
+    """Period of the flush timer: the plain interval, or fine enough for the idle rule."""
+    if idle_s <= 0:
+        return interval_s
+    return max(MIN_TICK_S, min(idle_s, interval_s) / 2)

@@ -1,0 +1,209 @@
+"""``IsolatedBatches``: the thin shell over celery-batches' ``Batches``.
+
+Consumer side (the worker's main process): a flush timer per consumer, the idle rule of
+``worker.batching.rules``, and callbacks for a batch whose child dies or times out. Child
+side: the flushed requests become tickets for ``worker.execution.Executor``, and each
+request's outcome is stored as its own result, with its own Flower events.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection
+from typing import Any, ClassVar
+
+from billiard.exceptions import WorkerLostError
+from celery.worker.request import Request
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
+
+from config import get_settings
+from worker.admission import Ticket
+from worker.batching.events import RequestEvents
+from worker.batching.rules import BufferState, should_flush, tick_s
+from worker.errors import JobError
+from worker.execution import Executor
+from worker.handler import Handler
+from worker.results import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+class IsolatedBatches(Batches):  # type: ignore[misc]
+    """A batched task whose requests each get their own stored result or failure.
+
+    The runtime builds one subclass per batched ``TaskSpec`` and sets ``name``,
+    ``handler``, ``family``, ``flush_every``, ``flush_interval`` and ``flush_idle_s``.
+    """
+
+    abstract = True
+    acks_late = True
+    reject_on_worker_lost = True
+    typing = False
+
+    handler: ClassVar[Handler[Any]]
+    family: ClassVar[str] = ""
+    #: 0: celery-batches' plain periodic timer; see ``worker.batching.rules``
+    flush_idle_s: float = 0.0
+    _first_arrival: float | None = None
+    _last_arrival: float = 0.0
+    #: batches handed to the pool and not yet returned (consumer process only)
+    _in_flight: int = 0
+    _executor: Executor[Any] | None = None
+
+    # --- consumer process -------------------------------------------------------------
+
+    def _tick_s(self) -> float:
+        return tick_s(idle_s=self.flush_idle_s, interval_s=float(self.flush_interval))
+
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 - Celery's name
+        """Rebuilt on every consumer (re)start; give the new consumer its own flush timer.
+
+        celery-batches keeps ``_tref`` from the consumer that died with the broker
+        connection, so after a reconnect it never starts a timer again and a partial buffer
+        waits for a full one (celery-batches #99/#107). The handler notes arrival times for
+        the idle rule and runs the timer at ``_tick_s``.
+        """
+        stale = getattr(self, "_tref", None)
+        if stale is not None:
+            stale.cancel()
+        self._tref = None
+        strategy = super().Strategy(task, app, consumer)
+        if self._buffer.qsize() or self._pending.qsize():
+            self._tref = consumer.timer.call_repeatedly(self._tick_s(), self._do_flush)
+
+        def handler(*args: Any, **kwargs: Any) -> None:
+            now = time.monotonic()
+            if self._first_arrival is None:
+                self._first_arrival = now
+            self._last_arrival = now
+            started_timer = self._tref is None
+            strategy(*args, **kwargs)  # buffers the request; starts the timer, flushes if full
+            if started_timer and self._tref is not None and self.flush_idle_s > 0:
+                self._tref.cancel()
+                self._tref = consumer.timer.call_repeatedly(self._tick_s(), self._do_flush)
+
+        return handler
+
+    def _do_flush(self) -> None:
+        """celery-batches' flush, when the flush rule says so."""
+        state = BufferState(
+            buffered=self._buffer.qsize(),
+            batch_size=int(self.flush_every),
+            first_arrival=self._first_arrival,
+            last_arrival=self._last_arrival,
+            in_flight=self._in_flight,
+            children=int(getattr(self._pool, "num_processes", 1) or 1),
+        )
+        now = time.monotonic()
+        if not should_flush(
+            state, now, idle_s=self.flush_idle_s, interval_s=float(self.flush_interval)
+        ):
+            return
+        self._first_arrival = None
+        super()._do_flush()
+
+    def flush(self, requests: Collection[Request]) -> Any:
+        """celery-batches' flush plus what happens when the child dies or times out.
+
+        celery-batches passes no ``error_callback``, so a batch whose child is killed (OOM,
+        segfault, kill -9) is neither acked nor rejected: its messages sit unacked until
+        the visibility timeout. With ``reject_on_worker_lost`` they go back to the queue at
+        once, as a plain task's message does.
+        """
+        late = [r for r in requests if r.task.acks_late]
+        early = [r for r in requests if not r.task.acks_late]
+        simple = ([SimpleRequest.from_request(r) for r in requests],)
+
+        def on_accepted(pid: int, time_accepted: float) -> None:
+            for request in early:
+                request.acknowledge()
+
+        def on_return(result: Any) -> None:
+            self._in_flight -= 1
+            for request in late:
+                request.acknowledge()
+
+        def on_error(einfo: Any) -> None:
+            self._in_flight -= 1
+            exc = getattr(einfo, "exception", einfo)
+            exc = getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback wrapper
+            if isinstance(exc, WorkerLostError) and self.reject_on_worker_lost:
+                log.warning("batch of %d lost its child (%s); requeued", len(late), exc)
+                for request in late:
+                    request.reject(requeue=True)
+                return
+            for request in late:
+                self.backend.mark_as_failure(request.id, exc, request=None)
+                request.acknowledge()
+
+        self._in_flight += 1
+        try:
+            return self._pool.apply_async(
+                apply_batches_task,
+                (self, simple, 0, None),
+                accept_callback=on_accepted,
+                callback=on_return,
+                error_callback=on_error,
+                # celery-batches passes no limits: the task's time limits apply to the batch
+                timeout=self.time_limit,
+                soft_timeout=self.soft_time_limit,
+            )
+        except BaseException:
+            self._in_flight -= 1
+            raise
+
+    # --- pool child -------------------------------------------------------------------
+
+    @property
+    def executor(self) -> Executor[Any]:
+        if self._executor is None:  # built in the child, whose memory guard must read
+            self._executor = Executor(self.app, self.handler, get_settings(), batched=True)
+        return self._executor
+
+    def run(self, requests: list[SimpleRequest]) -> None:  # type: ignore[override]
+        """celery-batches calls this in the pool child with the flushed requests."""
+        events = RequestEvents(
+            self.app, [r.id for r in requests], requests[0].hostname if requests else None
+        )
+        try:
+            tickets = [_ticket(self.name, r) for r in requests]
+            self.executor.execute(tickets, int(self.flush_every), _StoreEach(self, events))
+        finally:
+            events.close()
+
+
+def _ticket(task_name: str, request: SimpleRequest) -> Ticket:
+    return Ticket(
+        id=request.id,
+        task=task_name,
+        kwargs=dict(request.kwargs or {}),
+        args=tuple(request.args or ()),
+        retries=int((request.request_dict or {}).get("retries") or 0),
+        queue=(request.delivery_info or {}).get("routing_key"),
+    )
+
+
+class _StoreEach:
+    """Sink of a batch: each request's own result or failure, and its Flower event."""
+
+    def __init__(self, task: IsolatedBatches, events: RequestEvents) -> None:
+        self.store = ResultStore(task.backend)
+        self.events = events
+
+    def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
+        self.store.success(ticket.id, result)
+        self.events.send(ticket.id, "task-succeeded", result=repr(result)[:256])
+
+    def failure(self, ticket: Ticket, exc: BaseException) -> None:
+        if not isinstance(exc, JobError):
+            log.error("request %s failed: %r", ticket.id, exc, exc_info=exc)
+        tb = self.store.failure(ticket.id, exc)
+        self.events.send(ticket.id, "task-failed", exception=repr(exc)[:512], traceback=tb[-2000:])
+
+    def requeued(self, ticket: Ticket) -> None:
+        pass
+
+    def skipped(self, ticket: Ticket) -> None:
+        pass

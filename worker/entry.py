@@ -1,0 +1,77 @@
+"""The worker entry: what turns the app into a worker of some queues.
+
+``mlworker worker --queues Q`` and ``celery -A worker.app:app worker -Q Q`` both build
+``app.Worker`` (``worker.app.MlworkerCelery``), which is this class, so both behave the same:
+
+- only the families of the consumed queues get their tasks registered (a tags worker's
+  parent never imports faster-whisper, autofeat or scikit-learn, and a job sent to the
+  wrong queue fails as unregistered instead of running there);
+- the prefetch multiplier is raised so a batched queue can buffer two full batches, unless
+  one was asked for explicitly;
+- the worker hooks are installed in their stated order (``worker.lifecycle``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.apps.worker import Worker
+from celery.utils.text import str_to_list
+
+from config import Settings, get_settings
+from worker.batching import IsolatedBatches
+from worker.families import load_families
+from worker.family import FamilySpec, TaskSpec, resolve
+from worker.jobs import PlainTask
+from worker.lifecycle import WorkerPlan, install_worker_hooks
+
+
+class MlworkerWorker(Worker):  # type: ignore[misc]
+    """Celery's worker program, plus mlworker's per-queue setup before Celery's own."""
+
+    def __init__(self, app: Celery | None = None, hostname: str | None = None, **kwargs: Any):
+        app = app or self.app
+        settings = get_settings()
+        families = load_families(settings)
+        queues = tuple(str_to_list(kwargs.get("queues") or ()))
+        consumed = tuple(families.consuming(queues))
+        if kwargs.get("prefetch_multiplier") in (None, app.conf.worker_prefetch_multiplier):
+            kwargs["prefetch_multiplier"] = families.prefetch(queues, settings)
+        concurrency = int(kwargs.get("concurrency") or app.conf.worker_concurrency or 1)
+        register_tasks(app, consumed, settings)
+        # models preload for the families whose queue is consumed (none for a queue no
+        # family declares: its worker loads on first use)
+        preload = tuple(f for f in consumed if not queues or f.queue in queues)
+        install_worker_hooks(WorkerPlan(queues or families.queues, preload, concurrency))
+        super().__init__(app=app, hostname=hostname, **kwargs)
+
+
+def register_tasks(app: Celery, families: tuple[FamilySpec, ...], settings: Settings) -> None:
+    """Build and register the Celery task of every task the ``families`` declare."""
+    for family in families:
+        for spec in family.tasks:
+            if spec.name not in app.tasks:
+                app.register_task(build_task(family, spec, settings))
+
+
+def build_task(family: FamilySpec, spec: TaskSpec, settings: Settings) -> Any:
+    """A Celery task for ``spec``: a ``PlainTask`` or an ``IsolatedBatches`` around its handler."""
+    handler = resolve(spec.handler)()
+    attrs: dict[str, Any] = {
+        "name": spec.name,
+        "handler": handler,
+        "family": family.queue,
+        "__module__": type(handler).__module__,
+        "__doc__": type(handler).__doc__,
+    }
+    base: type = PlainTask
+    if spec.batch is not None:
+        base = IsolatedBatches
+        attrs.update(
+            flush_every=spec.batch.size(settings),
+            flush_interval=spec.batch.flush_interval_s(settings),
+            flush_idle_s=settings.batch_idle_flush_s,
+        )
+    task_class = type(f"{type(handler).__name__}Task", (base,), attrs)
+    return task_class()

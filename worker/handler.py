@@ -1,0 +1,84 @@
+"""What a family's task handler implements, and the types it exchanges with the runtime.
+
+A handler is the thin adapter of a family: ``parse`` turns a message's JSON kwargs into a
+typed item (raising ``InvalidInput`` naming the field), ``run`` turns items into outcomes
+in the mode the runtime chose. The runtime does everything around it, the same way for
+plain and batched tasks: admission, the memory verdict, the retry in lightweight mode after
+a ``MemoryError``, isolating failures, storing results and the result envelope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from worker.errors import JobError
+from worker.modes import Mode
+
+if TYPE_CHECKING:
+    from config import Settings
+    from worker.memory import MemoryCheck
+
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class RunMode:
+    """The mode a group runs in and, for lightweight mode, why."""
+
+    mode: Mode = "normal"
+    reason: str = ""
+
+    @property
+    def lightweight(self) -> bool:
+        return self.mode == "lightweight"
+
+    @classmethod
+    def from_check(cls, check: MemoryCheck) -> RunMode:
+        """Lightweight when the memory guard's soft threshold is crossed, else normal."""
+        if check.verdict == "lightweight":
+            return cls("lightweight", f"memory guard: {check.reason}")
+        return cls("normal")
+
+
+NORMAL = RunMode()
+
+
+@dataclass
+class Produced:
+    """One item's result payload, the registry model that produced it, and in which mode
+    (a family may go lighter on its own, e.g. an AutoML plan that does not fit)."""
+
+    payload: dict[str, Any]
+    model: str
+    mode: RunMode = NORMAL
+    #: size and seconds of the group the item ran in (set by the runtime)
+    batch: dict[str, Any] = field(default_factory=dict)
+
+
+#: what ``run`` returns per item: a result, a ``JobError`` that fails that item alone, or a
+#: ``MemoryError`` that sends that item to lightweight mode (in lightweight mode: fails it)
+Outcome = Produced | JobError | MemoryError
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Per-call facts for ``run``: the job ids of its items, settings, a progress sink."""
+
+    job_ids: Sequence[str]
+    settings: Settings
+    #: ``progress(index, fraction)``: item ``index`` is ``fraction`` (0..1) done
+    progress: Callable[[int, float], None]
+
+
+class Handler(Protocol[Item]):
+    """A family's task adapter; instantiated once per worker process."""
+
+    def parse(self, kwargs: dict[str, Any], settings: Settings) -> Item:
+        """Validated item for one message's kwargs; raises ``InvalidInput`` naming a field."""
+        ...
+
+    def run(self, items: Sequence[Item], mode: RunMode, context: RunContext) -> Sequence[Outcome]:
+        """One outcome per item, in order, computed in ``mode``."""
+        ...
