@@ -12,7 +12,9 @@ installs the worker hooks itself (``worker.entry``).
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
+
+from celery import Celery, Task
 from kombu.entity import Exchange, Queue
 
 from config import Settings, get_settings
@@ -31,6 +33,17 @@ class MlworkerCelery(Celery):  # type: ignore[misc]
     @property
     def Worker(self) -> type:  # noqa: N802 - Celery's name
         return self.subclass_with_self("worker.entry:MlworkerWorker")  # type: ignore[no-any-return]
+
+
+class DeclaredTask(Task):  # type: ignore[misc]
+    """A registered family's task as a client or Flower sees it: its name, routes and
+    limits, so ``app.tasks[name].apply_async`` (Flower's REST API) sends it. It never runs
+    here: a worker replaces it with the real task (``worker.entry``)."""
+
+    abstract = True
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{self.name} runs on a worker of its family's queue")
 
 
 def build_app(settings: Settings | None = None, families: Families | None = None) -> Celery:
@@ -87,6 +100,8 @@ def build_app(settings: Settings | None = None, families: Families | None = None
         redis_backend_health_check_interval=30,
         timezone="UTC",
     )
+    for task in fams.tasks():
+        celery_app.register_task(type("Declared", (DeclaredTask,), {"name": task.name})())
     return celery_app
 
 

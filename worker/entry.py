@@ -20,6 +20,7 @@ from celery.apps.worker import Worker
 from celery.utils.text import str_to_list
 
 from config import Settings, get_settings
+from worker.app import DeclaredTask
 from worker.batching import IsolatedBatches
 from worker.families import load_families
 from worker.family import FamilySpec, TaskSpec, resolve
@@ -48,11 +49,13 @@ class MlworkerWorker(Worker):  # type: ignore[misc]
 
 
 def register_tasks(app: Celery, families: tuple[FamilySpec, ...], settings: Settings) -> None:
-    """Build and register the Celery task of every task the ``families`` declare."""
+    """Replace the declared stand-ins of the ``families``' tasks by real tasks, and drop the
+    other families' stand-ins: this worker runs only its own queues' families."""
+    for name in [n for n, task in app.tasks.items() if isinstance(task, DeclaredTask)]:
+        app.tasks.unregister(name)
     for family in families:
         for spec in family.tasks:
-            if spec.name not in app.tasks:
-                app.register_task(build_task(family, spec, settings))
+            app.register_task(build_task(family, spec, settings))
 
 
 def build_task(family: FamilySpec, spec: TaskSpec, settings: Settings) -> Any:
