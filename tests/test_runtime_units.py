@@ -393,3 +393,22 @@ def test_executor_skips_a_redelivered_job_that_has_its_result(client_app: Celery
     sink = _Collect()
     executor.execute([ticket], 8, sink)
     assert sink.ends[ticket.id] == "skipped" and handler.modes == ["normal"]
+
+
+def test_model_registry_loads_once_and_knows_the_declared_models() -> None:
+    """A model loads on first use only, once per process; families' models are known by name."""
+    loads: list[int] = []
+
+    def loader(settings: Settings) -> Loaded:
+        loads.append(1)
+        return Loaded(object(), "counted", "python", {"k": 1})
+
+    registry.register("unit-counted", loader)
+    first, again = registry.get("unit-counted"), registry.get("unit-counted")
+    assert first is again and loads == [1]
+    assert registry.describe("unit-counted")["loads_in_process"] == 1
+    registry.evict("unit-counted")
+    assert not registry.is_loaded("unit-counted")
+    declared = {m.name for m in load_families(Settings()).models()}
+    registry.register_declared()
+    assert declared <= set(registry.snapshot())
