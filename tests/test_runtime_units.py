@@ -276,7 +276,8 @@ def test_guard_verdicts_follow_the_thresholds() -> None:
     assert MemoryGuard(Settings()).check().verdict == "normal"
     assert MemoryGuard(soft).check().verdict == "lightweight"
     assert MemoryGuard(hard).check().verdict == "refuse"
-    assert MemoryGuard(soft).batch_cap(64) == 32 and MemoryGuard(hard).batch_cap(64) == 1
+    assert MemoryGuard(soft).check().batch_cap(64) == 32
+    assert MemoryGuard(hard).check().batch_cap(64) == 1
 
 
 # --- result store and executor, on the real Redis ---------------------------------------

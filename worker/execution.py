@@ -99,8 +99,7 @@ class Executor(Generic[Item]):
                 admitted = self._parse(ticket, sink)
                 if admitted is not None:
                     (suspects if decision.suspect else fresh).append(admitted)
-        # under soft pressure half the configured batch (the verdict's own reading)
-        limit = max(1, batch_size // 2 if mode.lightweight else batch_size)
+        limit = check.batch_cap(batch_size)  # the same reading that chose the mode
         groups = [fresh[i : i + limit] for i in range(0, len(fresh), limit)]
         for group in [*groups, *([s] for s in suspects)]:
             self._start_group(group, mode, sink)

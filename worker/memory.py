@@ -26,6 +26,14 @@ class MemoryCheck:
     rss_mb: float
     reason: str
 
+    def batch_cap(self, configured: int) -> int:
+        """Batch size this reading allows: halved under soft pressure, 1 under hard pressure."""
+        if self.verdict == "refuse":
+            return 1
+        if self.verdict == "lightweight":
+            return max(1, configured // 2)
+        return configured
+
     def as_dict(self) -> dict[str, object]:
         return {
             "verdict": self.verdict,
@@ -66,15 +74,6 @@ class MemoryGuard:
                 "lightweight", available, rss, f"child RSS {rss:.0f} MB > soft limit"
             )
         return MemoryCheck("normal", available, rss, "")
-
-    def batch_cap(self, configured: int) -> int:
-        """Batch size to use now: halved under soft pressure, 1 under hard pressure."""
-        verdict = self.check().verdict
-        if verdict == "refuse":
-            return 1
-        if verdict == "lightweight":
-            return max(1, configured // 2)
-        return configured
 
     def job_done(self, count: int = 1) -> None:
         """Count finished jobs (a batch counts each request); every ``gc_every_n_jobs`` run
