@@ -17,8 +17,16 @@ from celery import Celery
 class WorkerProcess:
     """``mlworker worker --queues ...`` as a child process with its log in a file."""
 
-    def __init__(self, queues: str, env: dict[str, str], log_dir: Path, concurrency: int = 1):
+    def __init__(
+        self,
+        queues: str,
+        env: dict[str, str],
+        log_dir: Path,
+        concurrency: int = 1,
+        program: str = "mlworker",
+    ):
         self.queues = queues
+        self.program = program
         self.concurrency = concurrency
         self.env = env
         self.hostname = f"test-{queues.replace(',', '-')}-{uuid.uuid4().hex[:6]}@localhost"
@@ -26,8 +34,11 @@ class WorkerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, app: Celery, timeout: float = 180.0) -> WorkerProcess:
+        entry = ["worker.cli", "worker"]
+        if self.program == "celery":  # the contract: both entry points behave the same
+            entry = ["celery", "-A", "worker.app:app", "worker"]
         cmd = [
-            sys.executable, "-m", "worker.cli", "worker",
+            sys.executable, "-m", *entry,
             "--queues", self.queues,
             "--concurrency", str(self.concurrency),
             "--hostname", self.hostname,

@@ -9,6 +9,7 @@ becomes a ``DeadLettered`` failure. ``mlworker dead list|show|requeue`` works on
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from dataclasses import dataclass
@@ -57,16 +58,27 @@ def reset_deliveries(app: Celery, task_id: str) -> None:
 
 
 def dead_letter(
-    app: Celery, task_name: str, task_id: str, kwargs: dict[str, Any], reason: str
+    app: Celery,
+    task_name: str,
+    task_id: str,
+    kwargs: dict[str, Any],
+    reason: str,
+    excerpt: str | None = None,
 ) -> DeadLettered:
-    """Park the job on the dead-letter queue and return the error its result records."""
+    """Park the job on the dead-letter queue and return the error its result records.
+
+    ``excerpt``: the start of a refused message's raw body, kept for an operator.
+    """
+    headers: dict[str, Any] = {"x-dead-reason": reason, "x-dead-at": time.time()}
+    if excerpt is not None:
+        headers["x-dead-excerpt"] = excerpt
     app.send_task(
         task_name,
         kwargs=kwargs,
         task_id=task_id,
         queue=DEAD_LETTER_QUEUE,
         routing_key=DEAD_LETTER_QUEUE,
-        headers={"x-dead-reason": reason, "x-dead-at": time.time()},
+        headers=headers,
     )
     return DeadLettered("delivery", reason)
 
@@ -92,22 +104,24 @@ class DeadJob:
 
 
 def _parse(raw: bytes) -> DeadJob:
-    message = json.loads(raw)
-    headers = message.get("headers", {})
-    body = message["body"]
-    if message.get("properties", {}).get("body_encoding") == "base64":
-        import base64
-
-        body = base64.b64decode(body)
-    _args, kwargs, _embed = json.loads(body)
-    return DeadJob(
-        id=headers.get("id", "?"),
-        task=headers.get("task", "?"),
-        reason=str(headers.get("x-dead-reason", "")),
-        dead_at=float(headers.get("x-dead-at", 0.0)),
-        kwargs=kwargs,
-        raw=raw,
-    )
+    """One parked message; anything pushed there by hand shows as unreadable, not a crash."""
+    try:
+        message = json.loads(raw)
+        headers = message.get("headers") or {}
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        _args, kwargs, _embed = json.loads(body)
+        return DeadJob(
+            id=str(headers.get("id", "?")),
+            task=str(headers.get("task", "?")),
+            reason=str(headers.get("x-dead-reason", "")),
+            dead_at=float(headers.get("x-dead-at", 0.0)),
+            kwargs=dict(kwargs),
+            raw=raw,
+        )
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        return DeadJob("?", "?", f"unreadable dead-letter entry ({exc!r})", 0.0, {}, raw)
 
 
 def list_dead(app: Celery) -> list[DeadJob]:

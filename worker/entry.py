@@ -8,12 +8,15 @@
   wrong queue fails as unregistered instead of running there);
 - the prefetch multiplier is raised so a batched queue can buffer two full batches, unless
   one was asked for explicitly;
+- every message is screened before Celery handles it (``worker.guard``): a malformed one
+  is refused and recorded, never a reason for the worker to exit;
 - the worker hooks are installed in their stated order (``worker.lifecycle``).
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.apps.worker import Worker
@@ -41,11 +44,21 @@ class MlworkerWorker(Worker):  # type: ignore[misc]
             kwargs["prefetch_multiplier"] = families.prefetch(queues, settings)
         concurrency = int(kwargs.get("concurrency") or app.conf.worker_concurrency or 1)
         register_tasks(app, consumed, settings)
+        guard_messages(app)
         # models preload for the families whose queue is consumed (none for a queue no
         # family declares: its worker loads on first use)
         preload = tuple(f for f in consumed if not queues or f.queue in queues)
         install_worker_hooks(WorkerPlan(queues or families.queues, preload, concurrency))
         super().__init__(app=app, hostname=hostname, **kwargs)
+
+
+def guard_messages(app: Celery) -> None:
+    """No message's content stops this worker (``worker.guard``): Celery's consumer and,
+    on a redis broker, kombu's transport are replaced by their guarded subclasses."""
+    app.conf.worker_consumer = "worker.guard:GuardedConsumer"
+    scheme = urlsplit(str(app.conf.broker_url or "")).scheme
+    if scheme in ("redis", "rediss") and not app.conf.broker_transport:
+        app.conf.broker_transport = "worker.guard:GuardedTransport"
 
 
 def register_tasks(app: Celery, families: tuple[FamilySpec, ...], settings: Settings) -> None:
