@@ -1,21 +1,34 @@
-"""Decode any PyAV-readable audio or video once to 16 kHz mono float32, under a duration policy.
+"""Decode any PyAV-readable audio or video once to 16 kHz mono float32, bounded by its output.
 
 The first audio stream is demuxed packet by packet: a packet that fails to decode is counted
 and passed over, the rest go through ``av.AudioResampler`` to 16 kHz mono s16 and are scaled
-to float32 in [-1, 1) at the end. Empty or undecodable inputs fail with ``UnreadableInput``.
-Length is policed twice: from the container header before anything is decoded (reject mode),
-and from the decoded frames at their *source* rate before each one is resampled, so a file
-whose header gives no length never makes us hold much more than ``max_s`` of audio. Trim mode
-resamples only the first ``max_s`` seconds; the rest is only counted, for ``trimmed_from_s``.
+to float32 in [-1, 1). Empty or undecodable inputs fail with ``UnreadableInput``, and so do
+sample rates and channel counts no real audio has, whether the stream header or a single
+frame claims them (a 4 Hz FLAC frame of 13 bytes is 17 minutes once resampled to 16 kHz).
+
+Length is policed from what decoding *will* produce, never from what it has produced: from
+the container header before anything is decoded (reject mode), then from each frame's
+samples at its own rate before it is resampled, whatever the header said; a frame is only
+ever resampled up to the ``max_s`` still free (trim mode keeps the first ``max_s`` and only
+counts the rest, for ``trimmed_from_s``), in pieces of at most ``_PIECE_SAMPLES`` in and out.
+
+Peak memory: the output is written in place into one float32 buffer of ``max_s`` × 16 000
+samples allocated up front, whose pages cost nothing until written, so a decode holds at
+most ``max_s × 64 KB/s`` (115 MB at the default 1,800 s) plus a fixed margin: one decoded
+frame (bounded by its codec), one piece and the resampler's state, under 10 MB measured
+(tests/test_transcription_hostile.py decodes crafted bombs in a subprocess and checks it).
 """
 
 from __future__ import annotations
 
 import io
+import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
+from pathlib import Path
+from typing import BinaryIO, Literal
 
 import av
 import numpy as np
@@ -29,10 +42,27 @@ from av.packet import Packet
 from config import Settings
 from tasks.transcription.options import AudioSource
 from worker.errors import InputTooLarge, InvalidInput, UnreadableInput
+from worker.paths import open_confined
 
 SAMPLE_RATE = 16_000  #: what Whisper's feature extractor expects
 #: header durations are approximate (codec delay, padding): reject only past this much slack
 HEADER_SLACK_S = 1.0
+#: no speech codec goes below 8 kHz; under 1 kHz a "sample rate" only serves to make one
+#: tiny frame resample to hours of 16 kHz audio (4 Hz to 16 kHz is 4,000 samples per sample)
+MIN_SAMPLE_RATE = 1_000
+#: the highest rate FFmpeg's PCM codecs and studio formats (DXD, 768 kHz DACs) use
+MAX_SAMPLE_RATE = 768_000
+#: beyond any recording we transcribe (7th-order ambisonics is 64); FFmpeg allows 512
+MAX_CHANNELS = 64
+#: most samples handed to the resampler at once, and most it can hand back for them: keeps
+#: its working memory under a few MB at any rate ratio (2^20 at 768 kHz took 800 MB)
+_PIECE_SAMPLES = 1 << 16
+#: source audio resampled past the last sample kept, so the resampler's filter (32 taps at
+#: the lower rate) sees real input, not the zeros of a flush, around the trim point
+_FILTER_MARGIN_S = 0.1
+#: a clip filling at most 1/this of its buffer is copied out so the buffer is freed; a longer
+#: one keeps a view (a copy would briefly double it; the unwritten rest is never resident)
+_COPY_FRACTION = 8
 #: full scale of the s16 samples the resampler hands back
 _S16_SCALE = 1 / 32768
 
@@ -70,17 +100,33 @@ class DecodedAudio:
 
 
 def load_audio(source: AudioSource, policy: DurationPolicy) -> DecodedAudio:
-    """Decode ``source`` and apply ``policy``; every failure names ``source.field``."""
+    """Decode ``source`` and apply ``policy``; every failure names ``source.field``.
+
+    A path is opened with ``open_confined`` below ``source.root`` (no symlink followed, so
+    what is read is what the request's check saw) and PyAV reads the open file.
+    """
     field = source.field
-    target: str | io.BytesIO
-    if source.path is not None:
-        if source.path.stat().st_size == 0:
-            raise UnreadableInput(field, "file is empty (0 bytes)")
-        target = str(source.path)
-    else:
+    if source.path is None:
         if not source.data:
             raise UnreadableInput(field, "decoded to 0 bytes")
-        target = io.BytesIO(source.data)
+        return _open(io.BytesIO(source.data), field, policy)
+    path, root = _confinement(source.path, source.root)
+    with open_confined(field, path, root) as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise UnreadableInput(field, "file is empty (0 bytes)")
+        return _open(handle, field, policy)
+
+
+def _confinement(path: Path, root: Path | None) -> tuple[Path, Path]:
+    """The path and the root to open it below; without a root (a caller that trusts the path,
+    such as the bundled fixtures) its own folder, so at least the file is no symlink."""
+    if root is not None:
+        return path, root
+    real = path.resolve()
+    return real, real.parent
+
+
+def _open(target: BinaryIO, field: str, policy: DurationPolicy) -> DecodedAudio:
     try:
         with av.open(target, mode="r", metadata_errors="ignore") as container:
             return _decode(container, field, policy)
@@ -93,6 +139,8 @@ def _decode(container: InputContainer, field: str, policy: DurationPolicy) -> De
     if not container.streams.audio:
         raise UnreadableInput(field, "has no audio stream")
     stream = container.streams.audio[0]
+    # 0 is "unknown until decoded" (nothing probed cleanly); the frames are checked anyway
+    _check_shape(field, "stream", stream.rate or MIN_SAMPLE_RATE, stream.channels or 1)
     if policy.over_max == "reject" and container.duration is not None:
         header_s = container.duration / av.time_base
         if header_s > policy.max_s + HEADER_SLACK_S:
@@ -110,8 +158,9 @@ def _decode(container: InputContainer, field: str, policy: DurationPolicy) -> De
             bad_packets += 1
             continue
         for frame in frames:
+            _check_shape(field, "frame", frame.sample_rate, frame.layout.nb_channels)
             start_s = clock.seconds
-            end_s = clock.advance(frame)
+            end_s = clock.advance(frame)  # what it will be at 16 kHz, before resampling it
             if end_s > policy.max_s and policy.over_max == "reject":
                 raise _too_long(field, end_s, policy)
             if start_s < policy.max_s:  # trim mode: frames past the maximum are only counted
@@ -126,6 +175,18 @@ def _decode(container: InputContainer, field: str, policy: DurationPolicy) -> De
             field, f"audio is {full_s:.2f}s, shorter than the {policy.min_s:g}s minimum"
         )
     return DecodedAudio(samples, trimmed_from_s=full_s if full_s > policy.max_s else None)
+
+
+def _check_shape(field: str, where: str, rate: int, channels: int) -> None:
+    """Refuse a sample rate or channel count no real audio has (a forged header or frame)."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise UnreadableInput(
+            field,
+            f"{where} sample rate {rate} Hz is not plausible audio "
+            f"(accepted {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)",
+        )
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise UnreadableInput(field, f"{where} has {channels} channels (accepted 1-{MAX_CHANNELS})")
 
 
 def _packets(
@@ -174,42 +235,53 @@ class _SourceClock:
 
 
 class _MonoConverter:
-    """Frames in, up to ``max_samples`` of 16 kHz mono float32 out.
+    """Frames in, up to ``max_samples`` of 16 kHz mono float32 out, never more resampled.
 
     Each frame gets a timestamp continuing the previous one at its own rate, so the
     resampler never sees a gap or an overlap whatever the container's timestamps say; a
     change of sample format, layout or rate mid-stream flushes the resampler and starts a
-    fresh one (``av.AudioResampler`` accepts one input format only).
+    fresh one (``av.AudioResampler`` accepts one input format only). Of each frame only the
+    source samples the room left needs (plus ``_FILTER_MARGIN_S``) are resampled.
     """
 
     def __init__(self, max_samples: int) -> None:
-        self._room = max_samples
-        self._chunks: list[npt.NDArray[np.int16]] = []
+        # Written in place and never grown: the pages not yet written are not resident, so
+        # a short clip costs its own length and no input can make this larger.
+        self._out: Audio = np.empty(max_samples, np.float32)
+        self._filled = 0
         self._resampler: AudioResampler | None = None
         self._input: tuple[str, str, int] | None = None
         self._next_pts = 0
 
+    @property
+    def room(self) -> int:
+        """Output samples still free."""
+        return len(self._out) - self._filled
+
     def feed(self, frame: AudioFrame) -> None:
-        shape = (frame.format.name, frame.layout.name, frame.sample_rate)
+        rate = frame.sample_rate
+        shape = (frame.format.name, frame.layout.name, rate)
         if shape != self._input:
             self._flush()
             self._resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             self._input, self._next_pts = shape, 0
         assert self._resampler is not None
-        frame.time_base = Fraction(1, frame.sample_rate)
-        frame.pts = self._next_pts
-        self._next_pts += frame.samples
-        self._keep(self._resampler.resample(frame))
+        wanted = math.ceil((self.room / SAMPLE_RATE + _FILTER_MARGIN_S) * rate)
+        step = max(1, min(_PIECE_SAMPLES, _PIECE_SAMPLES * rate // SAMPLE_RATE))
+        for piece in _pieces(frame, min(frame.samples, wanted), step):
+            piece.time_base = Fraction(1, rate)
+            piece.pts = self._next_pts
+            self._next_pts += piece.samples
+            self._keep(self._resampler.resample(piece))
 
     def finish(self) -> Audio:
-        """Flush the last resampler and return everything kept, as float32."""
+        """Flush the last resampler and return everything kept."""
         self._flush()
-        if not self._chunks:
-            return np.zeros(0, np.float32)
-        samples = np.concatenate(self._chunks).astype(np.float32)
-        self._chunks.clear()
-        samples *= _S16_SCALE  # exact: a power of two
-        return samples
+        kept = self._out[: self._filled]
+        if self._filled <= len(self._out) // _COPY_FRACTION:
+            kept = kept.copy()  # a short clip lets its buffer go (grouped clips add up)
+        self._out = np.empty(0, np.float32)
+        return kept
 
     def _flush(self) -> None:
         if self._resampler is None:
@@ -222,8 +294,28 @@ class _MonoConverter:
 
     def _keep(self, frames: list[AudioFrame]) -> None:
         for out in frames:
-            if self._room <= 0:
-                return
-            chunk = np.asarray(out.to_ndarray(), dtype=np.int16).reshape(-1)[: self._room]
-            self._chunks.append(chunk)
-            self._room -= len(chunk)
+            chunk = out.to_ndarray().reshape(-1)[: self.room]
+            end = self._filled + len(chunk)
+            target = self._out[self._filled : end]
+            target[:] = chunk
+            target *= _S16_SCALE  # exact: a power of two
+            self._filled = end
+
+
+def _pieces(frame: AudioFrame, count: int, step: int) -> Iterator[AudioFrame]:
+    """The first ``count`` samples of ``frame`` in frames of at most ``step`` samples: the
+    frame itself when it already is one, copies of its slices otherwise."""
+    if count >= frame.samples and frame.samples <= step:
+        yield frame
+        return
+    samples = frame.to_ndarray()  # planar: (channels, n); packed: (1, n * channels)
+    stride = 1 if frame.format.is_planar else frame.layout.nb_channels
+    for start in range(0, count, step):
+        end = min(start + step, count)
+        piece = AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples[:, start * stride : end * stride]),
+            format=frame.format.name,
+            layout=frame.layout,
+        )
+        piece.sample_rate = frame.sample_rate
+        yield piece

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,6 +34,9 @@ OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("text", "segments", "srt", "vtt")
 DEFAULT_FORMATS: tuple[OutputFormat, ...] = ("text", "segments")
 #: Whisper reads at most this many tokens of prompt; longer prompts are a client mistake
 MAX_PROMPT_CHARS = 1000
+#: the shape of every Whisper language code ("en", "haw", "yue"), matched to the end of the
+#: string: a ``$`` pattern would let "en\n" through to faster-whisper's ValueError
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}\Z")
 
 
 @dataclass(frozen=True)
@@ -53,11 +58,16 @@ class TranscribeOptions:
 
 @dataclass(frozen=True)
 class AudioSource:
-    """Where the audio comes from: a confined file path or inline bytes."""
+    """Where the audio comes from: a confined file path or inline bytes.
+
+    ``root`` is the folder the path was confined to; the decoder opens the path below it
+    without following links. None trusts the path (bundled fixtures, benchmarks).
+    """
 
     field: Literal["audio_path", "audio_b64"]
     path: Path | None = None
     data: bytes | None = None
+    root: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -130,11 +140,30 @@ class TranscribeRequest(RequestModel):
 
     @field_validator("language")
     @classmethod
-    def _language(cls, value: str | None) -> str | None:
-        if value in ("", "auto"):
+    def _language(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A code faster-whisper knows; the list is checked on the worker (``settings`` in
+        the context), so a client never imports the model library, only the shape."""
+        if value is None or value in ("", "auto"):
             return None
-        if value is not None and not 2 <= len(value) <= 5:
-            raise ValueError("must be a language code such as 'en', or null to detect")
+        if not _LANGUAGE_CODE.match(value):
+            raise ValueError(
+                f"must be a language code such as 'en', or null to detect; got {value!r:.40}"
+            )
+        if context_value(info, "settings") is not None and value not in _whisper_languages():
+            raise ValueError(f"{value!r} is not a language Whisper knows (such as 'en', 'de')")
+        return value
+
+    @field_validator("audio_path", "initial_prompt")
+    @classmethod
+    def _unicode(cls, value: str | None) -> str | None:
+        """JSON can carry lone surrogates ("\\ud800"); the tokenizer and the file system
+        would fail on them with a TypeError or UnicodeEncodeError."""
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                problem = f"is not valid Unicode text ({exc.reason} at {exc.start})"
+                raise ValueError(problem) from None
         return value
 
     @field_validator("beam_size")
@@ -178,6 +207,14 @@ class TranscribeRequest(RequestModel):
         )
 
 
+@functools.cache
+def _whisper_languages() -> frozenset[str]:
+    """faster-whisper's own language codes (what its tokenizer accepts)."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return frozenset(_LANGUAGE_CODES)
+
+
 def parse_request(kwargs: Mapping[str, Any], settings: Settings) -> TranscriptionJob:
     """Validate a message's kwargs; every problem is an ``InvalidInput`` naming its field."""
     request = TranscribeRequest.parse(kwargs, settings=settings)
@@ -189,7 +226,7 @@ def _source(request: TranscribeRequest, settings: Settings) -> AudioSource:
     b64 = request.audio_b64
     if b64 is None:
         path = confined_path("audio_path", request.audio_path, settings.input_root)
-        return AudioSource("audio_path", path=path)
+        return AudioSource("audio_path", path=path, root=settings.input_root)
     # 4 base64 chars carry 3 bytes: refuse before decoding anything too large
     if len(b64) * 3 // 4 > settings.max_b64_bytes + 2:
         raise InputTooLarge("audio_b64", f"decodes to more than {settings.max_b64_bytes} bytes")

@@ -64,8 +64,14 @@ def transcribe(
     batch_size: int = 8,
     progress: Progress | None = None,
 ) -> TranscriptResult:
-    """Transcribe one clip; ``batched`` uses ``BatchedInferencePipeline`` (chunks in parallel)."""
+    """Transcribe one clip; ``batched`` uses ``BatchedInferencePipeline`` (chunks in parallel).
+
+    Without the VAD the batched pipeline has no speech to cut 30 s or more into chunks and
+    raises ``RuntimeError("No clip timestamps found")``, so such a clip takes the plain path,
+    which seeks window by window and reports ``path="plain"``.
+    """
     whisper = _model(model)
+    batched = batched and options.vad_filter
     if options.vad_filter and speech_span(audio.samples) is None:
         return _empty(audio, options)
     if progress is not None:
