@@ -17,6 +17,7 @@ from celery import Celery
 
 from tests.support import WorkerProcess
 from worker.client import MLClient
+from worker.errors import InvalidInput
 
 DOCS = [f"Document {i} about Redis queues, batching and sentence embeddings." for i in range(40)]
 
@@ -95,6 +96,20 @@ def test_resubmitting_a_job_id_returns_the_same_job(
     again = client.extract_tags("Idempotent job submission", top_n=2, job_id="app-job-42")
     assert again.resubmitted and again.id == first.id == "app-job-42"
     assert again.result(timeout=60) == first.result(timeout=60)
+
+
+def test_a_job_id_reused_for_another_task_or_kwargs_is_refused(
+    tags_worker: WorkerProcess, client_app: Celery
+) -> None:
+    """A job id already bound to a tags job is refused for AutoML or for other tags kwargs."""
+    client = MLClient(app=client_app)
+    first = client.extract_tags("Job ids bind one request", top_n=2, job_id="app-job-43")
+    with pytest.raises(InvalidInput) as other_task:
+        client.submit("tasks.automl", {"data_path": "x.csv", "target": "y"}, job_id=first.id)
+    assert other_task.value.field == "job_id" and "tasks.extract_tags" in str(other_task.value)
+    with pytest.raises(InvalidInput, match="other kwargs"):
+        client.extract_tags("Job ids bind one request", top_n=3, job_id=first.id)
+    assert len(first.result(timeout=60)["tags"]) == 2
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

@@ -12,6 +12,8 @@ validates a request with the same model the worker uses before it is sent.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from celery.result import AsyncResult
 
 from config import Settings, get_settings
 from worker.app import build_app
+from worker.errors import InvalidInput
 from worker.families import load_families
 from worker.family import resolve
 
@@ -96,6 +99,23 @@ def _message(exc: dict[str, Any]) -> str:
     return str(args)
 
 
+def _claim(task: str, kwargs: dict[str, Any]) -> str:
+    """What a job id is bound to: the task and a digest of its kwargs."""
+    digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True, default=str).encode())
+    return f"{task} {digest.hexdigest()}"
+
+
+def _check_same_request(job_id: str, stored: bytes | None, task: str, claim: str) -> None:
+    if stored is None:  # expired between SET NX and GET: the id is free again, a race
+        return
+    held = stored.decode(errors="replace")
+    held_task = held.split(" ", 1)[0]
+    if held_task != task:
+        raise InvalidInput("job_id", f"{job_id!r} is already the id of a {held_task} job")
+    if " " in held and held != claim:
+        raise InvalidInput("job_id", f"{job_id!r} was already sent with other kwargs")
+
+
 class MLClient:
     """Submit mlworker jobs to the queues of one Redis.
 
@@ -116,13 +136,21 @@ class MLClient:
         self.app = app if app is not None else build_app(settings, self.families)
 
     def submit(self, task: str, kwargs: dict[str, Any], job_id: str | None = None) -> Job:
-        """Send ``task`` with JSON ``kwargs``. A ``job_id`` seen before returns that job."""
+        """Send ``task`` with JSON ``kwargs``.
+
+        ``job_id`` is an idempotency key: sent again with the same task and kwargs it
+        returns the first job (``resubmitted=True``); reused for another task or other
+        kwargs it raises ``InvalidInput("job_id")`` instead of answering with a result
+        that belongs to a different request.
+        """
         if job_id is not None:
             expires = self.app.conf.result_expires
             ttl = int(getattr(expires, "total_seconds", lambda: expires)())
+            claim = _claim(task, kwargs)
             with self.app.connection_for_write() as conn:
                 client = conn.default_channel.client
-                if not client.set(JOB_KEY + job_id, task, nx=True, ex=ttl):
+                if not client.set(JOB_KEY + job_id, claim, nx=True, ex=ttl):
+                    _check_same_request(job_id, client.get(JOB_KEY + job_id), task, claim)
                     return Job(job_id, task, self.app, resubmitted=True)
         sent = self.app.send_task(task, kwargs=kwargs, task_id=job_id)
         job = Job(sent.id, task, self.app)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 
 from worker.errors import InvalidInput
@@ -38,6 +38,20 @@ class RequestModel(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
+    @field_validator("*")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        """JSON can carry lone surrogates ("\\ud800"); tokenizers, file systems and the result
+        encoder fail on them with a raw TypeError or UnicodeEncodeError, so every string
+        field (and every string inside a list field) is refused here instead."""
+        for text in _strings(value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                problem = f"is not valid Unicode text ({exc.reason} at {exc.start})"
+                raise ValueError(problem) from None
+        return value
+
     @classmethod
     def parse(cls, kwargs: Mapping[str, Any], **context: Any) -> Self:
         """Validate a job's kwargs.
@@ -60,6 +74,14 @@ class RequestModel(BaseModel):
         """The JSON kwargs a client sends: fields set explicitly or differing from defaults."""
         sent = self.model_fields_set | self.model_dump(exclude_defaults=True).keys()
         return {k: v for k, v in self.model_dump(mode="json").items() if k in sent}
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [item for item in value if isinstance(item, str)]
+    return []
 
 
 def context_value(info: ValidationInfo, key: str) -> Any:

@@ -17,7 +17,8 @@ MAX_TOP_N = 50
 #: phrases longer than four words (or Japanese morphemes) rarely embed as one concept
 MAX_NGRAM = 4
 #: "auto", or an ISO 639 code with an optional region/script ("en", "ja", "pt-BR")
-_LANGUAGE = re.compile(r"^(auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})?)$")
+#: (matched whole: a ``$`` pattern would let "en\n" through)
+_LANGUAGE = re.compile(r"auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class ExtractTagsRequest(RequestModel):
     @classmethod
     def _language(cls, value: str) -> str:
         """Keep the base language of a code with a region or script ("pt-BR" is "pt")."""
-        if not _LANGUAGE.match(value):
+        if not _LANGUAGE.fullmatch(value):
             raise ValueError(f"must be 'auto' or a language code, got {value!r:.40}")
         return value.split("-")[0]
 

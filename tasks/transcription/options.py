@@ -153,19 +153,6 @@ class TranscribeRequest(RequestModel):
             raise ValueError(f"{value!r} is not a language Whisper knows (such as 'en', 'de')")
         return value
 
-    @field_validator("audio_path", "initial_prompt")
-    @classmethod
-    def _unicode(cls, value: str | None) -> str | None:
-        """JSON can carry lone surrogates ("\\ud800"); the tokenizer and the file system
-        would fail on them with a TypeError or UnicodeEncodeError."""
-        if value is not None:
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                problem = f"is not valid Unicode text ({exc.reason} at {exc.start})"
-                raise ValueError(problem) from None
-        return value
-
     @field_validator("beam_size")
     @classmethod
     def _default_beam(cls, value: int | None, info: ValidationInfo) -> int | None:
