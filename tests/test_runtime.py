@@ -46,15 +46,18 @@ def test_models_load_once_per_child_however_many_jobs(
 def test_pickle_message_is_refused_and_the_worker_goes_on(
     tags_worker: WorkerProcess, client_app: Celery
 ) -> None:
-    """A pickle-serialized job never runs; the JSON job queued after it does."""
+    """A pickle-serialized job never runs (it fails as InvalidInput naming its body, without
+    being decoded); the JSON job queued after it does."""
     pickled = client_app.send_task(
         "tasks.extract_tags", kwargs={"text": "pickled payload", "top_n": 2}, serializer="pickle"
     )
     good = MLClient(app=client_app).extract_tags("JSON payload about queues", top_n=2)
     assert good.result(timeout=60)["tags"]
     time.sleep(1.0)
-    assert client_app.backend.get_task_meta(pickled.id)["status"] == "PENDING"
-    assert "untrusted content" in tags_worker.log() or "ContentDisallowed" in tags_worker.log()
+    meta = client_app.backend.get_task_meta(pickled.id)
+    assert meta["status"] == "FAILURE"
+    assert isinstance(meta["result"], InvalidInput) and meta["result"].field == "body"
+    assert "ContentDisallowed" in str(meta["result"])
 
 
 def test_submit_wait_through_the_cli(

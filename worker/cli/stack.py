@@ -3,7 +3,9 @@
 Every child runs in its own session so a terminal Ctrl-C reaches only the CLI, which then
 stops them in order: workers get SIGTERM (warm shutdown: the running job finishes, unstarted
 messages go back to Redis), anything still alive after the grace time is killed with its
-whole process group, and the embedded redis-server is stopped last.
+whole process group, and the embedded redis-server is stopped last. A CLI that dies without
+doing so (SIGKILL) still takes them along on Linux: the kernel sends each child SIGTERM.
+Secrets reach the children through their environment or 0600 files, never their argv.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from config import Settings
-from worker.cli.broker import URL_ENV, broker_for_session
+from worker.cli.broker import URL_ENV, broker_for_session, private_state_dir
+from worker.redis_server import LOG_FILE, EmbeddedRedis, die_with_parent, write_private
+
+#: Flower's tornado config file (Python) holding basic auth; exists while Flower runs
+FLOWER_CONFIG = "flower-config.py"
 
 
 @dataclass
@@ -36,6 +42,14 @@ class LocalStack:
     settings: Settings
     url: str
     children: list[Child] = field(default_factory=list)
+    #: watched like the children but stopped by the broker session (the redis-server)
+    watched: list[Child] = field(default_factory=list)
+    private_files: list[Path] = field(default_factory=list)
+
+    def watch_server(self, server: EmbeddedRedis | None) -> None:
+        if server is not None and server.process is not None:
+            log = server.data_dir / LOG_FILE
+            self.watched.append(Child("redis-server", server.process, log))
 
     def spawn(self, name: str, argv: list[str], log_dir: Path | None, env: dict[str, str]) -> Child:
         log_path = log_dir / f"{name}.log" if log_dir else None
@@ -47,6 +61,7 @@ class LocalStack:
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
+            preexec_fn=die_with_parent(),  # SIGTERM (warm shutdown) if the CLI is killed
         )
         child = Child(name, process, log_path)
         self.children.append(child)
@@ -68,8 +83,11 @@ class LocalStack:
             sys.executable, "-m", "celery", "-A", "worker.app:app", "flower",
             f"--address={s.flower_address}", f"--port={s.flower_port}",
         ]  # fmt: skip
-        if auth:
-            argv.append(f"--basic-auth={auth}")
+        if auth:  # in a 0600 file, not argv: any local user can read /proc/*/cmdline
+            conf = private_state_dir(s) / FLOWER_CONFIG
+            write_private(conf, f"basic_auth = {auth.split(',')!r}\n")  # as --basic-auth
+            self.private_files.append(conf)
+            argv.append(f"--conf={conf}")
         return self.spawn("flower", argv, log_dir, {})
 
     def start_metrics(self, log_dir: Path | None) -> Child:
@@ -77,7 +95,7 @@ class LocalStack:
         return self.spawn("metrics", argv, log_dir, {})
 
     def dead(self) -> list[Child]:
-        return [c for c in self.children if c.process.poll() is not None]
+        return [c for c in self.children + self.watched if c.process.poll() is not None]
 
     def stop(self, grace: float) -> None:
         """SIGTERM everything, wait up to ``grace`` s, then SIGKILL what is left (by group)."""
@@ -94,13 +112,18 @@ class LocalStack:
                 os.killpg(child.process.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.process.wait(5)
+        for path in self.private_files:
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def local_stack(settings: Settings) -> Iterator[LocalStack]:
     """Broker (configured or embedded) plus a stack that is always stopped on exit."""
-    with broker_for_session(settings) as url:
-        stack = LocalStack(settings, url)
+    with broker_for_session(settings) as broker:
+        stack = LocalStack(settings, broker.url)
+        if broker.requeued:
+            print(f"requeued {broker.requeued} jobs left unacked by a killed run", file=sys.stderr)
+        stack.watch_server(broker.server)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             yield stack
