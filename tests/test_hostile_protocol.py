@@ -10,6 +10,7 @@ record with the reason, and nothing is left unacknowledged to kill the next work
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pytest
 import redis
 from celery import Celery
 
+from tests.conftest import FIXTURES
 from tests.hostile_messages import Hostile, good_envelope, hostile_messages
 from tests.support import WorkerProcess
 from worker.delivery import list_dead
@@ -46,15 +48,19 @@ class Pushed:
 
 
 QUEUES = {
-    # queue: (task, another family's task, program, good kwargs)
+    # queue: (task, another family's task, the program that starts the worker)
     "tags": ("tasks.extract_tags", "tasks.automl", "mlworker"),
     "automl": ("tasks.automl", "tasks.extract_tags", "celery"),
+    "transcribe": ("tasks.transcribe", "tasks.automl", "mlworker"),
 }
 
 
 def _good_kwargs(queue: str, input_root: Path) -> dict[str, Any]:
     if queue == "tags":
         return {"text": "Redis queues carry batched keyphrase extraction jobs to workers."}
+    if queue == "transcribe":
+        shutil.copyfile(FIXTURES / "audio" / "speech_short.flac", input_root / "hostile.flac")
+        return {"audio_path": "hostile.flac"}
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
     frame["y"] = 2 * frame["a"] - frame["b"] + rng.normal(scale=0.1, size=60)
