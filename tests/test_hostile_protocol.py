@@ -1,7 +1,8 @@
 """Malformed and hostile messages pushed straight onto the queues of real workers.
 
 Every case of ``tests.hostile_messages`` goes onto a batched queue served by ``mlworker
-worker`` and a plain queue served by ``celery -A worker.app:app worker``. Each must be
+worker``, a plain queue served by ``celery -A worker.app:app worker``, and the plain
+transcription queue served by ``mlworker worker``. Each must be
 refused without requeue: the worker stays up, the good job pushed after them all is
 served, a readable id gets an ``InvalidInput`` failure naming the field and a dead-letter
 record with the reason, and nothing is left unacknowledged to kill the next worker.
