@@ -10,6 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -32,6 +33,12 @@ class Settings(BaseSettings):
         "Unset: `mlworker up` starts a private redis-server on localhost (password, AOF, the "
         "last port when free) that the other commands find by themselves.",
     )
+    redis_password: SecretStr | None = Field(
+        None,
+        description="Password for a redis_url / result_url that holds none, URL-encoded into "
+        "it here: any character (`@`, `/`, `:`, `%`) is safe, unlike a password typed into a "
+        "URL. Compose and Kubernetes pass the Redis password this way.",
+    )
     result_url: SecretStr | None = Field(
         None, description="Result backend URL when it differs from redis_url."
     )
@@ -42,6 +49,13 @@ class Settings(BaseSettings):
         "up` starts: always = no acknowledged job or result is lost, even to a power cut "
         "(tag jobs ran about 25% slower than with everysec in our measurement); everysec = "
         "a machine crash may lose the last second or two.",
+    )
+    consume_unrouted: bool = Field(
+        True,
+        description="Workers also consume Celery's default queue `celery`, where a client "
+        "without mlworker's routes sends every task, and pass each job on to its family's "
+        "queue (an unknown task fails as InvalidInput). Turn off only when another Celery app "
+        "on this Redis uses that queue.",
     )
     visibility_timeout_s: int = Field(
         7200,
@@ -261,13 +275,23 @@ class Settings(BaseSettings):
 
     def broker_url(self) -> str | None:
         """The configured broker URL, or None when an embedded server is to be started."""
-        return self.redis_url.get_secret_value() if self.redis_url else None
+        return self._with_password(self.redis_url.get_secret_value()) if self.redis_url else None
 
     def backend_url(self) -> str | None:
         """The result backend URL (defaults to the broker URL)."""
         if self.result_url:
-            return self.result_url.get_secret_value()
+            return self._with_password(self.result_url.get_secret_value())
         return self.broker_url()
+
+    def _with_password(self, url: str) -> str:
+        """``url`` with ``redis_password`` URL-encoded into it when it names no credentials."""
+        if self.redis_password is None:
+            return url
+        parts = urlsplit(url)
+        if "@" in parts.netloc:
+            return url  # the URL's own credentials win
+        secret = quote(self.redis_password.get_secret_value(), safe="")
+        return urlunsplit(parts._replace(netloc=f":{secret}@{parts.netloc}"))
 
     def child_threads(self, concurrency: int | None = None) -> int:
         """Threads one child may use so that all ``concurrency`` children (default: the

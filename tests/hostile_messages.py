@@ -104,9 +104,9 @@ def hostile_messages(task: str, queue: str, other_task: str) -> list[Hostile]:
         _case("pickle body", env(content_type="application/x-python-serialize"), "content"),
         _case("yaml body", env(content_type="application/x-yaml"), "content"),
         _case("unknown content type", env(content_type="text/x-evil"), "content"),
-        _case("unknown task", env(task="tasks.no_such_task"), "not served"),
-        _case("another family's task", env(task=other_task), "not served"),
-        _case("celery builtin task", env(task="celery.map"), "not served"),
+        _case("unknown task", env(task="tasks.no_such_task"), "not a task of any"),
+        _case("another family's task", env(task=other_task), "belongs on queue"),
+        _case("celery builtin task", env(task="celery.map"), "not a task of any"),
         _case("task name is a number", env(task=42), "task", readable=True),
         _case("task name is a list", env(task=["tasks", "x"]), "task"),
         _case("no task id", headers(id=_MISSING), "id", readable=False),
@@ -139,8 +139,9 @@ def hostile_messages(task: str, queue: str, other_task: str) -> list[Hostile]:
         _case("properties are a string", env(properties="p"), "properties"),
         _case(
             "delivery_info is a list",
-            env(properties={"delivery_tag": "t", "body_encoding": "base64",
-                            "delivery_info": ["x"]}),  # fmt: skip
+            env(
+                properties={"delivery_tag": "t", "body_encoding": "base64", "delivery_info": ["x"]}
+            ),
             "delivery_info",
         ),
         _case(
@@ -150,8 +151,14 @@ def hostile_messages(task: str, queue: str, other_task: str) -> list[Hostile]:
         ),
         _case(
             "priority is a string",
-            env(properties={"delivery_tag": "t", "body_encoding": "base64",
-                            "delivery_info": {}, "priority": "urgent"}),  # fmt: skip
+            env(
+                properties={
+                    "delivery_tag": "t",
+                    "body_encoding": "base64",
+                    "delivery_info": {},
+                    "priority": "urgent",
+                }
+            ),
             "priority",
         ),
     ]

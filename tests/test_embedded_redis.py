@@ -343,3 +343,22 @@ def test_queued_unacked_jobs_and_results_survive_a_kill(base: Path, kill: str) -
     app.close()
     assert second.stop() == 0
     assert wait_gone(second.state, 10) == []
+
+
+def test_password_with_url_characters_reaches_redis_apart_from_the_url(tmp_path: Path) -> None:
+    """MLWORKER_REDIS_PASSWORD with `@ / : %` is URL-encoded: broker and backend both log in."""
+    password = "p@ss/w:rd%41?#"
+    with EmbeddedRedis(tmp_path / "r", password=password) as server:
+        settings = Settings(
+            redis_url=f"redis://127.0.0.1:{server.port}/0",  # type: ignore[arg-type]
+            redis_password=password,  # type: ignore[arg-type]
+        )
+        app = build_app(settings)
+        try:
+            with app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1)
+                assert conn.default_channel.client.ping()
+            app.backend.set("mlworker:probe", b"1")
+            assert app.backend.get("mlworker:probe") == b"1"
+        finally:
+            app.close()

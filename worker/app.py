@@ -19,7 +19,7 @@ from kombu.entity import Exchange, Queue
 
 from config import Settings, get_settings
 from worker.families import load_families
-from worker.family import DEAD_LETTER_QUEUE, Families
+from worker.family import DEAD_LETTER_QUEUE, UNROUTED_QUEUE, Families
 
 #: the redis default a client falls back to when nothing is configured (the CLI never does)
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -66,6 +66,8 @@ def build_app(settings: Settings | None = None, families: Families | None = None
         task_queues=[
             *(Queue(q, exchange, routing_key=q) for q in fams.queues),
             Queue(DEAD_LETTER_QUEUE, exchange, routing_key=DEAD_LETTER_QUEUE),
+            # Celery's default queue, as a client without our routes declares it
+            Queue(UNROUTED_QUEUE, Exchange(UNROUTED_QUEUE), routing_key=UNROUTED_QUEUE),
         ],
         task_default_exchange="mlworker",
         task_default_queue=fams.queues[0],

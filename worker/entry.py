@@ -8,6 +8,8 @@
   wrong queue fails as unregistered instead of running there);
 - the prefetch multiplier is raised so a batched queue can buffer two full batches, unless
   one was asked for explicitly;
+- it also consumes Celery's default queue ``celery``: a job sent there by a client that
+  does not know mlworker's routes is passed on to its family's queue (``worker.guard``);
 - every message is screened before Celery handles it (``worker.guard``): a malformed one
   is refused and recorded, never a reason for the worker to exit;
 - the worker hooks are installed in their stated order (``worker.lifecycle``).
@@ -26,7 +28,7 @@ from config import Settings, get_settings
 from worker.app import DeclaredTask
 from worker.batching import IsolatedBatches
 from worker.families import load_families
-from worker.family import FamilySpec, TaskSpec, resolve
+from worker.family import UNROUTED_QUEUE, Families, FamilySpec, TaskSpec, resolve
 from worker.jobs import PlainTask
 from worker.lifecycle import WorkerPlan, install_worker_hooks
 
@@ -40,6 +42,7 @@ class MlworkerWorker(Worker):  # type: ignore[misc]
         families = load_families(settings)
         queues = tuple(str_to_list(kwargs.get("queues") or ()))
         consumed = tuple(families.consuming(queues))
+        kwargs["queues"] = consumed_queues(queues, families, settings)
         if kwargs.get("prefetch_multiplier") in (None, app.conf.worker_prefetch_multiplier):
             kwargs["prefetch_multiplier"] = families.prefetch(queues, settings)
         concurrency = int(kwargs.get("concurrency") or app.conf.worker_concurrency or 1)
@@ -50,6 +53,16 @@ class MlworkerWorker(Worker):  # type: ignore[misc]
         preload = tuple(f for f in consumed if not queues or f.queue in queues)
         install_worker_hooks(WorkerPlan(queues or families.queues, preload, concurrency))
         super().__init__(app=app, hostname=hostname, **kwargs)
+
+
+def consumed_queues(asked: tuple[str, ...], families: Families, settings: Settings) -> list[str]:
+    """The queues a worker listens on: those asked for (every family's when none; never the
+    dead-letter queue, which only ``mlworker dead requeue`` empties) plus Celery's default
+    queue, whose jobs the guard passes on to their families (``consume_unrouted``)."""
+    queues = list(asked or families.queues)
+    if settings.consume_unrouted and UNROUTED_QUEUE not in queues:
+        queues.append(UNROUTED_QUEUE)
+    return queues
 
 
 def guard_messages(app: Celery) -> None:

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 #: the queue jobs go to after too many deliveries (not a family's: every family uses it)
 DEAD_LETTER_QUEUE = "dead_letter"
+#: Celery's default queue: where a client without mlworker's routes sends every task.
+#: Workers consume it too and pass each job on to its family's queue (``worker.guard``).
+UNROUTED_QUEUE = "celery"
 
 
 def resolve(path: str) -> Any:

@@ -26,8 +26,11 @@ from celery import Celery
 from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
 
+from config import get_settings
 from worker.delivery import dead_letter
 from worker.errors import InvalidInput
+from worker.families import load_families
+from worker.family import Families
 from worker.protocol import (
     Refusal,
     decoded_kwargs,
@@ -105,9 +108,14 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         inner = super().create_task_handler(*args, **kwargs)
         served = served_by(self.app.tasks)
+        families = load_families(get_settings())
 
         def on_task_received(message: Any) -> None:
             refusal = _screen(message, served)
+            if refusal is not None and refusal.unserved:
+                refusal = self.pass_on(message, refusal, families)
+                if refusal is None:
+                    return
             if refusal is not None:
                 self.refuse(message, refusal)
                 return
@@ -121,6 +129,38 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
                                              job_id, task))  # fmt: skip
 
         return on_task_received
+
+    def pass_on(self, message: Any, refusal: Refusal, families: Families) -> Refusal | None:
+        """Send a job that arrived outside its family's queue (a client without mlworker's
+        routes uses Celery's default queue) on to that queue, unchanged; ``None`` once it
+        is on its way, else why it stays refused."""
+        arrived = (getattr(message, "delivery_info", None) or {}).get("routing_key")
+        family = families.of_task(refusal.task or "")
+        if family is None:
+            return Refusal("task", f"{refusal.task} is not a task of any mlworker family",
+                           refusal.job_id, refusal.task)  # fmt: skip
+        if arrived in families.queues:  # sent to another family's queue on purpose
+            return Refusal("task", f"{refusal.task} belongs on queue {family.queue}, "
+                           f"not {arrived}", refusal.job_id, refusal.task)  # fmt: skip
+        with self.app.producer_or_acquire() as producer:
+            producer.publish(
+                message.body,
+                exchange="",  # the default exchange: straight to the queue of that name
+                routing_key=family.queue,
+                declare=[self.app.amqp.queues[family.queue]],
+                headers=dict(message.headers),
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                serializer=None,
+                correlation_id=message.properties.get("correlation_id"),
+                reply_to=message.properties.get("reply_to"),
+                priority=message.properties.get("priority"),
+                retry=True,
+            )
+        message.ack_log_error(log, self.connection_errors)
+        log.info("passed job %s (%s) from queue %s on to %s", refusal.job_id, refusal.task,
+                 arrived, family.queue)  # fmt: skip
+        return None
 
     def refuse(self, message: Any, refusal: Refusal) -> None:
         """Reject ``message`` for good and record why where its id is known."""

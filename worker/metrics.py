@@ -31,7 +31,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from worker.family import DEAD_LETTER_QUEUE
+from worker.family import DEAD_LETTER_QUEUE, UNROUTED_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ class MlworkerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("mlworker_redis_up", "1 if the exporter could read Redis.")
         try:
-            depths = self.store.queue_depths([*self.queues, DEAD_LETTER_QUEUE])
+            depths = self.store.queue_depths([*self.queues, UNROUTED_QUEUE, DEAD_LETTER_QUEUE])
             processes = self.store.processes()
             recorded = self.store.recorded()
         except redis.RedisError as exc:
@@ -264,6 +264,13 @@ class MlworkerCollector(Collector):
         for queue in self.queues:
             depth.add_metric([queue], depths[queue])
         yield depth
+        yield GaugeMetricFamily(
+            "mlworker_unrouted_depth",
+            "Messages waiting in Celery's default queue (sent without mlworker's routes); "
+            "workers pass them on to their family queues, so this stays near 0 while any "
+            "worker runs.",
+            value=depths[UNROUTED_QUEUE],
+        )
         yield GaugeMetricFamily(
             "mlworker_dead_letter_depth",
             "Messages in the dead-letter queue.",

@@ -35,6 +35,8 @@ class Refusal:
     problem: str
     job_id: str | None = None
     task: str | None = None
+    #: a sound message for a task this worker does not run (it may be passed on)
+    unserved: bool = False
 
     def __str__(self) -> str:
         return f"{self.field}: {self.problem}"
@@ -145,7 +147,7 @@ def message_problem(
         if value is not None and not check(value):
             return Refusal(key, f"header holds {_short(value)}", job_id, name)
     if not served(name):
-        return Refusal("task", f"{name} is not served by this worker", job_id, name)
+        return Refusal("task", f"{name} is not served by this worker", job_id, name, True)
     try:
         body = payload()
     except RecursionError:

@@ -73,11 +73,11 @@ def show_job(job_id: str) -> None:
 def show_queues() -> None:
     """Queue depths, then each live worker child with its queues, models and RSS."""
     from worker.families import load_families
-    from worker.family import DEAD_LETTER_QUEUE
+    from worker.family import DEAD_LETTER_QUEUE, UNROUTED_QUEUE
     from worker.metrics import UNACKED_KEY, MetricsStore
 
     store = MetricsStore.from_url(require_broker())
-    queues = [*load_families().queues, DEAD_LETTER_QUEUE]
+    queues = [*load_families().queues, UNROUTED_QUEUE, DEAD_LETTER_QUEUE]
     depths = store.queue_depths(queues)
     table = Table("queue", "waiting")
     for queue in queues:
