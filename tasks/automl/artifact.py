@@ -1,7 +1,8 @@
 """The saved model: everything ``predict`` needs, written with joblib under the output root.
 
 joblib files are pickles, and loading a pickle runs code, so ``load_artifact`` only opens
-files inside the configured output root, which only workers write.
+files inside the configured output root, which only workers write, and reads them through
+``open_confined``: a model file swapped for a symlink after the check is refused, not followed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tasks.automl.features import EngineeredFeatures
 from tasks.automl.prepare import Encoder
 from tasks.automl.search import PREDICT_CHUNK_ROWS, predict_in_chunks
 from worker.errors import InvalidInput, UnreadableInput
-from worker.paths import confined_path
+from worker.paths import confined_path, open_confined
 
 #: bumped when the saved layout changes; older files are refused with a clear error
 ARTIFACT_VERSION = 1
@@ -77,7 +78,10 @@ def load_artifact(raw_path: object, output_root: Path) -> Artifact:
     """Load a model saved by ``save_artifact``; refuses paths outside ``output_root``."""
     path = confined_path("model_path", raw_path, output_root)
     try:
-        artifact = joblib.load(path)
+        with open_confined("model_path", path, output_root) as handle:
+            artifact = joblib.load(handle)
+    except InvalidInput:
+        raise
     except Exception as exc:  # any unpickling failure means the file is not ours
         raise UnreadableInput("model_path", f"{path.name} is not an AutoML model: {exc}") from None
     if not isinstance(artifact, Artifact) or artifact.version != ARTIFACT_VERSION:

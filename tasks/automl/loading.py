@@ -9,28 +9,37 @@ would have cost.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pandas.api.types import union_categoricals
 
-from worker.errors import InvalidInput, UnreadableInput
+from tasks.automl.source import (
+    CHUNK_PULL_FACTOR,
+    CHUNK_PULL_FLOOR,
+    CSV_SUFFIXES,
+    PARQUET_SUFFIXES,
+    TableFile,
+    csv_errors,
+    open_table,
+)
+
+__all__ = ["CSV_SUFFIXES", "PARQUET_SUFFIXES", "load_table", "optimize_frame", "probe_table"]
 
 #: rows per chunk: ~10 MB of float64 for 100 columns, enough to amortise parser overhead
 CHUNK_ROWS = 20_000
+#: CSV text per chunk: wide rows get fewer rows per chunk, so a chunk (and the probe) stays
+#: a few MB whatever the width; at 160 bytes a line this still allows ``CHUNK_ROWS``
+CHUNK_TEXT_BYTES = 4 << 20
 #: float64 -> float32 only when no value moves by more than this (float32 keeps ~7 digits)
 FLOAT32_RTOL = 1e-6
 #: strings become categories when distinct values are under this share of rows (seed design)
 CATEGORY_MAX_SHARE = 0.5
-#: bytes read from a CSV to estimate its row count from the mean line length
-_ROW_ESTIMATE_BYTES = 1 << 20
-CSV_SUFFIXES = (".csv", ".txt")
-PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 @dataclass(frozen=True)
@@ -55,24 +64,28 @@ class LoadedTable:
     sample_fraction: float
 
 
-def probe_table(path: Path) -> TableProbe:
-    """Read one chunk to learn the columns, the row count and what a row costs in memory."""
-    chunk = next(_chunks(path, None, CHUNK_ROWS), None)
+def probe_table(table: TableFile, columns: Sequence[str] | None = None) -> TableProbe:
+    """Read one chunk of ``columns`` to learn the row count and what a row costs in memory."""
+    chunks = _chunks(table, columns)
+    try:
+        chunk = next(chunks, None)
+    finally:
+        chunks.close()  # the next reader rewinds the same descriptor
     if chunk is None or chunk.empty:
-        raise UnreadableInput("data_path", f"{path.name} has a header but no data rows")
+        raise table.unreadable("has a header but no data rows")
     rows = len(chunk)
     before = _frame_bytes(chunk)
     after = _frame_bytes(optimize_frame(chunk))
     return TableProbe(
         columns=tuple(str(c) for c in chunk.columns),
-        estimated_rows=max(rows, _estimate_rows(path)),
+        estimated_rows=max(rows, table.estimated_rows()),
         bytes_per_row_before=before / rows,
         bytes_per_row_after=after / rows,
     )
 
 
 def load_table(
-    path: Path,
+    table: TableFile | Path,
     columns: Sequence[str] | None = None,
     *,
     max_rows: int | None = None,
@@ -80,29 +93,47 @@ def load_table(
     keep_dtype: Sequence[str] = (),
     seed: int = 0,
 ) -> LoadedTable:
-    """Read ``columns`` of ``path`` chunk by chunk, shrinking dtypes and sampling to ``max_rows``.
+    """Read ``columns`` of ``table`` chunk by chunk, shrinking dtypes and sampling to ``max_rows``.
 
     Args:
-        path: a CSV or Parquet file already confined to the input root.
+        table: an opened table (``source.open_table``); a path is opened below its own
+            directory the same way, for callers that hold no root.
         columns: the columns to read (all when None); unread columns never reach memory.
         max_rows: keep about this many rows, sampled uniformly; None keeps all.
         estimated_rows: the probe's row estimate, used to pick the sampling fraction.
         keep_dtype: columns left at their parsed dtype (the target keeps its precision).
         seed: sampling seed, so a job run twice reads the same rows.
     """
+    opened: AbstractContextManager[TableFile] = (
+        open_table("data_path", table, table.parent)
+        if isinstance(table, Path)
+        else nullcontext(table)
+    )
+    with opened as source:
+        return _load(source, columns, max_rows, estimated_rows, keep_dtype, seed)
+
+
+def _load(
+    table: TableFile,
+    columns: Sequence[str] | None,
+    max_rows: int | None,
+    estimated_rows: int | None,
+    keep_dtype: Sequence[str],
+    seed: int,
+) -> LoadedTable:
     fraction = 1.0
     if max_rows is not None and estimated_rows and estimated_rows > max_rows:
         fraction = max_rows / estimated_rows
     kept: list[pd.DataFrame] = []
     before = rows_read = 0
-    for index, chunk in enumerate(_chunks(path, columns, CHUNK_ROWS)):
+    for index, chunk in enumerate(_chunks(table, columns)):
         rows_read += len(chunk)
         before += _frame_bytes(chunk)
         if fraction < 1.0:
             chunk = chunk.sample(frac=fraction, random_state=seed + index)
         kept.append(optimize_frame(chunk, keep_dtype))
     if rows_read == 0:
-        raise UnreadableInput("data_path", f"{path.name} has a header but no data rows")
+        raise table.unreadable("has a header but no data rows")
     frame = optimize_frame(_concat(kept), keep_dtype)
     if max_rows is not None and len(frame) > max_rows:
         frame = frame.sample(n=max_rows, random_state=seed).sort_index()
@@ -168,46 +199,42 @@ def _concat(chunks: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(chunks, ignore_index=True)
 
 
-def _chunks(path: Path, columns: Sequence[str] | None, rows: int) -> Iterator[pd.DataFrame]:
-    suffix = path.suffix.lower()
-    if suffix in PARQUET_SUFFIXES:
-        return _parquet_chunks(path, columns, rows)
-    if suffix in CSV_SUFFIXES:
-        return _csv_chunks(path, columns, rows)
-    accepted = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
-    raise InvalidInput("data_path", f"{path.name}: unsupported file type; accepted: {accepted}")
+def chunk_rows(table: TableFile) -> int:
+    """Rows per chunk: ``CHUNK_ROWS``, fewer when lines are long (``CHUNK_TEXT_BYTES``)."""
+    if table.kind == "parquet":
+        return CHUNK_ROWS
+    return max(1, min(CHUNK_ROWS, int(CHUNK_TEXT_BYTES / table.mean_line_bytes)))
 
 
-def _csv_chunks(path: Path, columns: Sequence[str] | None, rows: int) -> Iterator[pd.DataFrame]:
-    if path.stat().st_size == 0:
-        raise UnreadableInput("data_path", f"{path.name} is empty")
-    try:
-        reader = pd.read_csv(path, usecols=list(columns) if columns else None, chunksize=rows)
+def _chunks(table: TableFile, columns: Sequence[str] | None) -> Generator[pd.DataFrame]:
+    rows = chunk_rows(table)
+    if table.kind == "parquet":
+        return _parquet_chunks(table, columns, rows)
+    return _csv_chunks(table, columns, rows)
+
+
+def _csv_chunks(
+    table: TableFile, columns: Sequence[str] | None, rows: int
+) -> Generator[pd.DataFrame]:
+    # pandas may pull this much text per chunk before the guard calls it runaway
+    pull_limit = max(CHUNK_PULL_FLOOR, int(CHUNK_PULL_FACTOR * rows * table.mean_line_bytes))
+    stream = table.csv_stream(pull_limit)
+    with csv_errors(table):
+        reader = pd.read_csv(stream, usecols=list(columns) if columns else None, chunksize=rows)
         with reader:
-            yield from reader
-    except pd.errors.EmptyDataError:
-        raise UnreadableInput("data_path", f"{path.name} has no header or data") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UnreadableInput("data_path", f"{path.name} is not readable CSV: {exc}") from None
+            for chunk in reader:
+                stream.new_chunk()
+                yield chunk
 
 
-def _parquet_chunks(path: Path, columns: Sequence[str] | None, rows: int) -> Iterator[pd.DataFrame]:
+def _parquet_chunks(
+    table: TableFile, columns: Sequence[str] | None, rows: int
+) -> Generator[pd.DataFrame]:
     try:
-        source = pq.ParquetFile(path)
-        for batch in source.iter_batches(batch_size=rows, columns=columns):
+        for batch in table.parquet.iter_batches(batch_size=rows, columns=columns):
             yield batch.to_pandas()
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UnreadableInput("data_path", f"{path.name} is not readable Parquet: {exc}") from None
-
-
-def _estimate_rows(path: Path) -> int:
-    """Row count: exact from Parquet metadata, from the mean line length for CSV."""
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    with path.open("rb") as handle:
-        head = handle.read(_ROW_ESTIMATE_BYTES)
-    lines = max(1, head.count(b"\n"))
-    return int(path.stat().st_size / (len(head) / lines))
+    except (pa.ArrowException, OSError) as exc:
+        raise table.unreadable(f"is not readable Parquet: {exc}") from None
 
 
 def _frame_bytes(frame: pd.DataFrame) -> int:

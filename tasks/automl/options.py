@@ -50,7 +50,11 @@ class AutoMLOptions:
 
 @dataclass
 class MemoryReport:
-    """Memory figures of one job: input frame before/after optimisation, plan and measured peak."""
+    """Memory figures of one job: input frame before/after optimisation, plan and measured peak.
+
+    The budget is the job's own growth: the plan must stay under ``baseline_rss_mb`` (the
+    RSS when the job started) plus ``budget_mb``, whatever earlier jobs left in the process.
+    """
 
     budget_mb: int
     input_bytes_before: int
@@ -62,6 +66,10 @@ class MemoryReport:
     peak_rss_mb: float
     #: highest RSS sampled in each phase (load, prepare, feature_engineering_*, ...)
     phase_peak_rss_mb: dict[str, float]
+    #: the RSS the plan had to stay under: ``baseline_rss_mb + budget_mb``
+    rss_limit_mb: float
+    #: ``peak_rss_mb - baseline_rss_mb``: what this job added, to compare with ``budget_mb``
+    peak_growth_mb: float
 
 
 @dataclass
@@ -81,7 +89,10 @@ class AutoMLResult:
     mode_reason: str
     model_path: str
     classes: list[Any] | None = None
+    #: what the data made the job do without failing (infinite values treated as missing)
     warnings: list[str] = field(default_factory=list)
+    #: why ``task_type``: "requested", or what auto-detection weighed ("auto: ...")
+    task_type_reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

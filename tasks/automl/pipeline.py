@@ -3,7 +3,14 @@
 Memory is handled in three layers: the loader shrinks dtypes and samples rows to the budget,
 the planner sizes autofeat and the models so their estimated peak fits the budget, and a
 ``MemoryError`` during fitting (real, e.g. from an RLIMIT_AS cap) switches to the lightweight
-plan once. If even that does not fit, the job fails with ``InsufficientMemory``.
+plan once. If even that does not fit, the job fails with ``InsufficientMemory``. The budget
+is the job's own growth: RSS at the job's start plus ``memory_budget_mb`` is the limit, so what
+earlier jobs left in a worker child does not eat into it.
+
+The table is opened once (``source.open_table``, no symlink followed) and the header, probe
+and chunks are all read from that descriptor. Every refusal is a contract error naming its
+field; a ``ValueError`` that autofeat or scikit-learn still raise on some unforeseen table
+becomes ``InvalidInput("data_path")`` (logged with its traceback).
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import gc
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +36,14 @@ from tasks.automl.features import EngineeredFeatures, engineer_features
 from tasks.automl.loading import LoadedTable, load_table, probe_table
 from tasks.automl.monitor import PeakRSS, address_space_cap
 from tasks.automl.options import AutoMLOptions, AutoMLResult, MemoryReport, Mode
-from tasks.automl.planner import Plan, fits, load_rows, plan_job
-from tasks.automl.prepare import Encoder, check_columns, fit_encoder, resolve_target
+from tasks.automl.planner import Plan, fits, load_rows, plan_job, shortfall
+from tasks.automl.prepare import (
+    Encoder,
+    check_columns,
+    fit_encoder,
+    refuse_constant,
+    resolve_target,
+)
 from tasks.automl.search import (
     PREDICT_CHUNK_ROWS,
     SearchOutcome,
@@ -38,7 +51,8 @@ from tasks.automl.search import (
     predict_in_chunks,
     search_models,
 )
-from worker.errors import InsufficientMemory
+from tasks.automl.source import open_table, read_columns
+from worker.errors import InsufficientMemory, InvalidInput
 from worker.paths import confined_path
 
 log = logging.getLogger(__name__)
@@ -55,6 +69,8 @@ class Prepared:
     task_type: str
     classes: list[object] | None
     encoder: Encoder
+    task_type_reason: str
+    notes: list[str]
 
 
 @dataclass
@@ -105,19 +121,22 @@ def run_automl(
     """
     settings = settings or get_settings()
     budget = options.memory_budget_mb or settings.automl_memory_budget_mb
-    path = confined_path("data_path", data_path, settings.input_root)
     with PeakRSS() as rss, address_space_cap(settings.automl_address_space_headroom_mb):
+        limit_mb = rss.baseline_mb + budget  # the job's own growth, not the child's history
         phases = Phases(rss)
         try:
             with phases("load"):
-                table = _load(path, options, budget, rss.current_mb())
+                table = load_training_table(
+                    data_path, options, settings.input_root, limit_mb, rss.current_mb
+                )
             with phases("prepare"):
                 data = _prepare(table.frame, options)
                 table.frame = pd.DataFrame()  # the encoded copies are all we need now
         except MemoryError as exc:
-            raise InsufficientMemory(f"loading {path.name} ran out of memory: {exc}") from None
+            message = f"data_path: loading {data_path} ran out of memory: {exc}"
+            raise InsufficientMemory(message) from None
         fitted, mode, reason = _fit_with_fallback(
-            data, options, settings, budget, rss, phases, lightweight_reason
+            data, options, settings, limit_mb, rss, phases, lightweight_reason
         )
         with phases("evaluate"):
             predicted = predict_in_chunks(
@@ -145,6 +164,8 @@ def run_automl(
         estimated_peak_mb=fitted.plan.estimated_peak_mb,
         peak_rss_mb=round(rss.peak_mb, 1),
         phase_peak_rss_mb=dict(rss.phase_peaks_mb),
+        rss_limit_mb=round(limit_mb, 1),
+        peak_growth_mb=round(rss.peak_mb - rss.baseline_mb, 1),
     )
     return AutoMLResult(
         task_type="regression" if data.task_type == "regression" else "classification",
@@ -170,6 +191,8 @@ def run_automl(
         mode_reason=reason,
         model_path=str(model_path),
         classes=data.classes,
+        warnings=data.notes,
+        task_type_reason=data.task_type_reason,
     )
 
 
@@ -185,48 +208,63 @@ def predict(
     settings = settings or get_settings()
     artifact = load_artifact(model_path, settings.output_root)
     path = confined_path("data_path", data_path, settings.input_root)
-    probe = probe_table(path)
-    check_columns(probe.columns, artifact.input_columns[0], artifact.input_columns)
-    table = load_table(path, artifact.input_columns)
-    return artifact.predict(table.frame, chunk_rows)
+    with open_table("data_path", path, settings.input_root) as table:
+        available = set(read_columns(table))
+        missing = [c for c in artifact.input_columns if c not in available]
+        if missing:
+            raise InvalidInput(
+                "data_path", f"columns {missing[:20]} the model was trained on are missing"
+            )
+        frame = load_table(table, artifact.input_columns).frame
+    return artifact.predict(frame, chunk_rows)
 
 
-def _load(path: Path, options: AutoMLOptions, budget: float, rss_mb: float) -> LoadedTable:
-    probe = probe_table(path)
-    columns = check_columns(probe.columns, options.target, options.feature_columns)
-    wanted = [*columns, options.target]
-    per_row = probe.bytes_per_row_after * len(wanted) / len(probe.columns)
-    return load_table(
-        path,
-        wanted,
-        max_rows=load_rows(per_row, budget, rss_mb),
-        estimated_rows=probe.estimated_rows,
-        keep_dtype=[options.target],
-        seed=options.random_state,
-    )
+def load_training_table(
+    data_path: str,
+    options: AutoMLOptions,
+    root: Path,
+    limit_mb: float,
+    rss_mb: Callable[[], float],
+) -> LoadedTable:
+    """Open ``data_path`` once below ``root`` and read the target and feature columns from it,
+    sampling rows so the frame takes its share of ``limit_mb`` (absolute RSS)."""
+    path = confined_path("data_path", data_path, root)
+    with open_table("data_path", path, root) as table:
+        columns = check_columns(read_columns(table), options.target, options.feature_columns)
+        wanted = [*columns, options.target]
+        probe = probe_table(table, wanted)
+        return load_table(
+            table,
+            wanted,
+            max_rows=load_rows(probe.bytes_per_row_after, limit_mb, rss_mb()),
+            estimated_rows=probe.estimated_rows,
+            keep_dtype=[options.target],
+            seed=options.random_state,
+        )
 
 
 def _prepare(frame: pd.DataFrame, options: AutoMLOptions) -> Prepared:
-    features, target, task_type, classes = resolve_target(frame, options.target, options.task_type)
-    stratify = None
-    if classes is not None and np.bincount(target).min() >= 2:
-        stratify = target
+    target = resolve_target(frame, options.target, options.task_type, test_size=options.test_size)
     x_train, x_test, y_train, y_test = train_test_split(
-        features,
-        target,
+        target.features,
+        target.values,
         test_size=options.test_size,
         random_state=options.random_state,
-        stratify=stratify,
+        stratify=target.values if target.classes is not None else None,
     )
     encoder = fit_encoder(x_train)
+    encoded_train = encoder.transform(x_train)
+    refuse_constant(encoded_train)
     return Prepared(
-        encoder.transform(x_train),
+        encoded_train,
         y_train,
         encoder.transform(x_test),
         y_test,
-        task_type,
-        classes,
+        target.task_type,
+        target.classes,
         encoder,
+        target.reason,
+        target.notes,
     )
 
 
@@ -246,32 +284,37 @@ def _fit_with_fallback(
     data: Prepared,
     options: AutoMLOptions,
     settings: Settings,
-    budget: float,
+    limit_mb: float,
     rss: PeakRSS,
     phases: Phases,
     lightweight_reason: str,
 ) -> tuple[Fitted, Mode, str]:
-    """Fit the normal plan, or the lightweight one when normal does not fit or runs out."""
+    """Fit the normal plan, or the lightweight one when normal does not fit or runs out.
+
+    ``limit_mb`` is absolute RSS (the job's start plus its budget); messages speak of the
+    budget, i.e. MB above the job's start.
+    """
     reason = lightweight_reason
     if not reason:
-        normal = _plan(data, "normal", budget, rss.current_mb(), settings.automl_n_jobs)
-        if fits(normal, budget):
+        normal = _plan(data, "normal", limit_mb, rss.current_mb(), settings.automl_n_jobs)
+        if fits(normal, limit_mb):
             fitted, reason = _attempt(data, normal, options, phases)
             if fitted is not None:
                 return fitted, "normal", ""
             gc.collect()
         else:
-            reason = f"normal plan needs ~{normal.estimated_peak_mb:.0f} MB > budget {budget} MB"
-    light = _plan(data, "lightweight", budget, rss.current_mb(), 1)
-    if not fits(light, budget):
+            reason = shortfall(normal, limit_mb, rss.baseline_mb)
+    light = _plan(data, "lightweight", limit_mb, rss.current_mb(), 1)
+    if not fits(light, limit_mb):
         raise InsufficientMemory(
-            f"even the lightweight plan needs ~{light.estimated_peak_mb:.0f} MB, over the "
-            f"{budget} MB budget ({reason})"
+            f"memory_budget_mb: even {shortfall(light, limit_mb, rss.baseline_mb)} ({reason})"
         )
     log.warning("automl switching to lightweight mode: %s", reason)
     fitted, error = _attempt(data, light, options, phases)
     if fitted is None:
-        raise InsufficientMemory(f"lightweight plan ran out of memory too: {error} ({reason})")
+        raise InsufficientMemory(
+            f"memory_budget_mb: the lightweight plan ran out of memory too: {error} ({reason})"
+        )
     return fitted, "lightweight", reason
 
 
@@ -305,4 +348,10 @@ def _attempt(
         message = f"MemoryError in the {plan.mode} plan: {exc}".strip()
         log.warning("automl %s", message)
         return None, message
+    except InvalidInput:
+        raise
+    except ValueError as exc:  # autofeat/sklearn refusing a table no check here foresaw
+        phase = phases.rss.phase
+        log.exception("automl %s refused the table", phase)
+        raise InvalidInput("data_path", f"{phase} failed on this table: {exc}") from None
     return Fitted(plan, features, search, int(x_train.shape[1])), ""

@@ -6,11 +6,14 @@ rows). So the plan bounds the three things that drive memory and time directly: 
 columns feed feature engineering, how many features that can generate, and how many rows
 autofeat and the models see. The memory model below was fitted on measurements (see
 ``FEATENG_*``); the plan's estimate is what the job compares with its budget before it starts.
+
+The pipeline passes absolute RSS figures: ``budget_mb`` is the job's RSS at its start plus
+its ``memory_budget_mb``, so a budget means the same in a fresh child and in one that grew
+in earlier jobs.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -113,6 +116,8 @@ class Plan:
     n_estimators: int
     n_jobs: int
     estimated_peak_mb: float
+    #: the budget leaves fewer than ``MIN_FEATENG_ROWS`` rows for autofeat or the models
+    too_few_rows: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,8 +169,8 @@ def plan_job(
     feateng_mb = _feateng_mb(feateng_rows, generated, steps)
     model_mb = model_rows * final_features * 4 * MODEL_COPIES / MB
     estimated = baseline_mb + max(feateng_mb, model_mb)
-    if feateng_rows < min(rows, MIN_FEATENG_ROWS) or model_rows < min(rows, MIN_FEATENG_ROWS):
-        estimated = math.inf  # the budget leaves too few rows to learn anything
+    least = min(rows, MIN_FEATENG_ROWS)
+    too_few_rows = feateng_rows < least or model_rows < least  # nothing left to learn from
     candidates = tier.candidates
     if model_rows > FOREST_MAX_ROWS:
         candidates = tuple(c for c in candidates if c != "random_forest")
@@ -184,6 +189,7 @@ def plan_job(
         n_estimators=tier.n_estimators,
         n_jobs=n_jobs if mode == "normal" else 1,
         estimated_peak_mb=round(estimated, 1),
+        too_few_rows=too_few_rows,
     )
 
 
@@ -211,4 +217,17 @@ def _model_rows_fitting(free_mb: float, final_features: int) -> int:
 
 def fits(plan: Plan, budget_mb: float) -> bool:
     """Whether the plan's estimate stays inside the budget (with no rows left, it cannot)."""
-    return math.isfinite(plan.estimated_peak_mb) and plan.estimated_peak_mb <= budget_mb
+    # a plan sized to the budget exactly can round up by 0.05 MB (estimates keep 0.1 MB)
+    return not plan.too_few_rows and plan.estimated_peak_mb <= budget_mb + 0.05
+
+
+def shortfall(plan: Plan, budget_mb: float, baseline_mb: float) -> str:
+    """Why ``plan`` does not fit, in the job's own terms (MB above ``baseline_mb``)."""
+    budget = budget_mb - baseline_mb
+    needed = plan.estimated_peak_mb - baseline_mb
+    if plan.too_few_rows:
+        return (
+            f"the {plan.mode} plan needs ~{needed:.0f} MB before its first rows and would "
+            f"leave fewer than {MIN_FEATENG_ROWS} rows within the {budget:.0f} MB budget"
+        )
+    return f"the {plan.mode} plan needs ~{needed:.0f} MB, over the {budget:.0f} MB budget"
