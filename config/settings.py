@@ -226,7 +226,7 @@ class Settings(BaseSettings):
 
     # --- automl ---------------------------------------------------------------------------
     automl_memory_budget_mb: int = Field(
-        4096, ge=64, description="Memory an AutoML job plans to stay under."
+        4096, ge=64, description="Memory an AutoML job may add to the RSS it starts at."
     )
     automl_n_jobs: int = Field(1, ge=1, description="joblib workers for model search.")
     automl_time_limit_s: int = Field(3600, description="Hard time limit per AutoML job.")
