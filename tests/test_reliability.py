@@ -200,7 +200,8 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     (M, {"data_path": "rel/tiny.csv", "target": 7}, "target"),
     (M, {"data_path": "../outside.csv", "target": "y"}, "data_path"),
     (M, {"data_path": "rel/escape.csv", "target": "y"}, "data_path"),
-    (M, {"data_path": "rel/notes.txt", "target": "y"}, "data_path"),
+    # one line of prose read as a CSV header: the target is not among its "columns"
+    (M, {"data_path": "rel/notes.txt", "target": "y"}, "target"),
     (M, {"data_path": "rel/fake.parquet", "target": "y"}, "data_path"),
     (M, {"data_path": "rel/header_only.csv", "target": "y"}, "data_path"),
     (M, {"data_path": "rel/tiny.csv", "target": "y", "test_size": 2}, "test_size"),
