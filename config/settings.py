@@ -68,9 +68,18 @@ class Settings(BaseSettings):
         default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share") / "input",
         description="The only directory audio_path / data_path may point into.",
     )
-    output_root: Path = Field(
+    input_urls: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Object-storage prefixes audio_path / data_path may also name, "
+        "comma-separated (`s3://media-in/uploads/`); a prefix ends at a `/`, so "
+        "`s3://b/uploads` does not admit `s3://b/uploadsX/`. Empty: no URLs. Credentials and "
+        "endpoint come from the standard AWS settings (`AWS_ENDPOINT_URL`, keys, an IAM role).",
+    )
+    output_root: Path | str = Field(
         default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share") / "output",
-        description="Where AutoML model artifacts are written.",
+        description="Where AutoML model artifacts and large prediction CSVs are written: a "
+        "local directory, or `s3://bucket/prefix` (uploaded once complete, sha256 in the "
+        "object's metadata) so any worker can predict with any model.",
     )
     state_dir: Path = Field(
         default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state"),
@@ -148,6 +157,13 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, description="Largest decoded audio_b64 payload accepted."
     )
     max_text_chars: int = Field(100_000, description="Largest text accepted by extract_tags.")
+    max_url_input_bytes: int = Field(
+        1 << 30,
+        ge=1,
+        description="Largest object an input URL (audio_path, data_path, model_path) may name; "
+        "checked from its size before downloading and counted while it is copied to a "
+        "temporary file under TMPDIR (removed after the job).",
+    )
 
     # --- transcription --------------------------------------------------------------------
     whisper_model: str = Field(
@@ -268,10 +284,37 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("input_root", "output_root", "state_dir", "model_cache_dir")
+    @field_validator("input_urls", mode="before")
+    @classmethod
+    def _url_prefixes(cls, value: object) -> object:
+        from worker.storage import normalise_prefix
+
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            return tuple(str(normalise_prefix(str(part))) for part in value)
+        return value
+
+    @field_validator("input_root", "state_dir", "model_cache_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("output_root", mode="before")
+    @classmethod
+    def _output_location(cls, value: object) -> object:
+        """An ``s3://`` URL stays a (normalised) string; anything else is a local path,
+        made absolute exactly as the other directories are."""
+        from worker.storage import is_url, normalise_prefix
+
+        if is_url(value):
+            url = normalise_prefix(str(value))
+            if url.scheme != "s3":
+                raise ValueError("only s3:// URLs are supported as the output root")
+            return str(url)
+        if isinstance(value, str | os.PathLike):
+            return Path(value).expanduser().resolve()
+        return value
 
     def broker_url(self) -> str | None:
         """The configured broker URL, or None when an embedded server is to be started."""

@@ -88,6 +88,8 @@ class AutoMLResult:
     mode: Mode
     mode_reason: str
     model_path: str
+    #: sha256 of the saved artifact, checked again whenever it is loaded
+    model_sha256: str = ""
     classes: list[Any] | None = None
     #: what the data made the job do without failing (infinite values treated as missing)
     warnings: list[str] = field(default_factory=list)
@@ -150,7 +152,8 @@ class AutoMLOptionsRequest(RequestModel):
 
 
 class AutoMLRequest(AutoMLOptionsRequest):
-    """The kwargs of ``tasks.automl``: ``data_path`` (under the input root) and the options."""
+    """The kwargs of ``tasks.automl``: ``data_path`` (under the input root or an input URL)
+    and the options."""
 
     data_path: str
 

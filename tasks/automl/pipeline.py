@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from sklearn.model_selection import train_test_split
 
 from config import Settings, get_settings
-from tasks.automl.artifact import Artifact, load_artifact, save_artifact
+from tasks.automl.artifact import Artifact, load_artifact, write_artifact
 from tasks.automl.features import EngineeredFeatures, engineer_features
 from tasks.automl.loading import LoadedTable, load_table, probe_table
 from tasks.automl.monitor import PeakRSS, address_space_cap
@@ -54,6 +54,7 @@ from tasks.automl.search import (
 from tasks.automl.source import open_table, read_columns
 from worker.errors import InsufficientMemory, InvalidInput
 from worker.paths import confined_path
+from worker.storage import Location, confine_input
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,12 @@ def run_automl(
     settings: Settings | None = None,
     lightweight_reason: str = "",
 ) -> AutoMLResult:
-    """Train and evaluate on ``data_path`` (inside the input root); save the model.
+    """Train and evaluate on ``data_path`` (inside the input root or an input URL); save the
+    model (locally or to the ``s3://`` output root).
 
     Args:
-        data_path: CSV or Parquet file, relative to or inside ``settings.input_root``.
+        data_path: CSV or Parquet file, relative to or inside ``settings.input_root``, or a
+            URL under ``settings.input_urls``.
         options: the validated request.
         settings: worker settings (paths, budget defaults, n_jobs, address-space cap).
         lightweight_reason: start in lightweight mode for this reason (the memory guard's).
@@ -127,7 +130,12 @@ def run_automl(
         try:
             with phases("load"):
                 table = load_training_table(
-                    data_path, options, settings.input_root, limit_mb, rss.current_mb
+                    confine_input("data_path", data_path, settings),
+                    options,
+                    settings.input_root,
+                    limit_mb,
+                    rss.current_mb,
+                    max_url_bytes=settings.max_url_input_bytes,
                 )
             with phases("prepare"):
                 data = _prepare(table.frame, options)
@@ -153,7 +161,7 @@ def run_automl(
                 data.classes,
             )
             name = options.artifact_name or uuid.uuid4().hex
-            model_path = save_artifact(artifact, settings.output_root, name)
+            saved = write_artifact(artifact, settings.output_root, name)
     memory = MemoryReport(
         budget_mb=budget,
         input_bytes_before=table.bytes_before,
@@ -189,7 +197,8 @@ def run_automl(
         plan=fitted.plan.as_dict(),
         mode=mode,
         mode_reason=reason,
-        model_path=str(model_path),
+        model_path=saved.location,
+        model_sha256=saved.sha256,
         classes=data.classes,
         warnings=data.notes,
         task_type_reason=data.task_type_reason,
@@ -206,9 +215,10 @@ def predict(
     """Predictions of a saved model for the rows of ``data_path`` (both paths confined),
     ``chunk_rows`` rows at a time."""
     settings = settings or get_settings()
-    artifact = load_artifact(model_path, settings.output_root)
-    path = confined_path("data_path", data_path, settings.input_root)
-    with open_table("data_path", path, settings.input_root) as table:
+    limit = settings.max_url_input_bytes
+    artifact = load_artifact(model_path, settings.output_root, limit)
+    path = confine_input("data_path", data_path, settings)
+    with open_table("data_path", path, settings.input_root, limit) as table:
         available = set(read_columns(table))
         missing = [c for c in artifact.input_columns if c not in available]
         if missing:
@@ -220,16 +230,22 @@ def predict(
 
 
 def load_training_table(
-    data_path: str,
+    data_path: str | Location,
     options: AutoMLOptions,
     root: Path,
     limit_mb: float,
     rss_mb: Callable[[], float],
+    *,
+    max_url_bytes: int = 0,
 ) -> LoadedTable:
-    """Open ``data_path`` once below ``root`` and read the target and feature columns from it,
-    sampling rows so the frame takes its share of ``limit_mb`` (absolute RSS)."""
-    path = confined_path("data_path", data_path, root)
-    with open_table("data_path", path, root) as table:
+    """Open ``data_path`` once and read the target and feature columns from it, sampling rows
+    so the frame takes its share of ``limit_mb`` (absolute RSS).
+
+    A string is a local path, confined to ``root`` here; a ``confine_input`` result (a
+    confined path or a checked URL, spooled within ``max_url_bytes``) is used as it is.
+    """
+    path = confined_path("data_path", data_path, root) if isinstance(data_path, str) else data_path
+    with open_table("data_path", path, root, max_url_bytes) as table:
         columns = check_columns(read_columns(table), options.target, options.feature_columns)
         wanted = [*columns, options.target]
         probe = probe_table(table, wanted)

@@ -3,9 +3,11 @@
 ``open_table`` opens through ``worker.paths.open_confined`` (no symlink followed at any path
 component, a regular file checked on the descriptor), so the header, the size, the row
 estimate and every chunk come from the file that was checked, even if its name is swapped
-for a link afterwards. CSV bytes reach pandas through ``_GuardedBytes``, which refuses NUL
-bytes, over-long lines and runaway chunks as they stream: a binary file, one giant line or an
-unclosed quote fails after a bounded read instead of after pandas buffered all of it.
+for a link afterwards; an ``s3://`` input is spooled once to a temporary file
+(``worker.storage.spool``) and read from that copy the same way. CSV bytes reach pandas
+through ``_GuardedBytes``, which refuses NUL bytes, over-long lines and runaway chunks as they
+stream: a binary file, one giant line or an unclosed quote fails after a bounded read instead
+of after pandas buffered all of it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import pandas as pd
@@ -25,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from worker.errors import InvalidInput, UnreadableInput
-from worker.paths import open_confined
+from worker.storage import Location, open_input
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -91,15 +93,19 @@ class TableFile:
 
 
 @contextmanager
-def open_table(field: str, path: Path, root: Path) -> Iterator[TableFile]:
-    """Open ``path`` (already ``confined_path``-checked) below ``root`` for all later reads.
+def open_table(
+    field: str, path: Location, root: Path, max_url_bytes: int = 0
+) -> Iterator[TableFile]:
+    """Open ``path`` (already checked by ``confine_input``) for all later reads: a local
+    file below ``root``, or a URL's copy spooled within ``max_url_bytes``.
 
     Raises ``InvalidInput`` for an unsupported suffix, ``PathOutsideRoot`` when the name no
     longer leads to a regular file inside the root, ``UnreadableInput`` for an empty file,
-    NUL bytes or a first line over ``MAX_LINE_BYTES``.
+    NUL bytes or a first line over ``MAX_LINE_BYTES``, ``InputTooLarge`` for an object over
+    ``max_url_bytes``.
     """
-    kind = _kind(field, path)
-    with open_confined(field, path, root) as handle:
+    kind = _kind(field, path.name)
+    with open_input(field, path, root, max_url_bytes) as handle:
         try:
             size = os.fstat(handle.fileno()).st_size
             head = handle.read(HEAD_BYTES) if kind == "csv" else b""
@@ -200,14 +206,14 @@ class _GuardedBytes(io.RawIOBase):
             )
 
 
-def _kind(field: str, path: Path) -> Kind:
-    suffix = path.suffix.lower()
+def _kind(field: str, name: str) -> Kind:
+    suffix = PurePosixPath(name).suffix.lower()
     if suffix in PARQUET_SUFFIXES:
         return "parquet"
     if suffix in CSV_SUFFIXES:
         return "csv"
     accepted = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
-    raise InvalidInput(field, f"{path.name}: unsupported file type; accepted: {accepted}")
+    raise InvalidInput(field, f"{name}: unsupported file type; accepted: {accepted}")
 
 
 def _check_head(table: TableFile) -> None:

@@ -10,6 +10,7 @@ plan does not fit the budget or raises ``MemoryError``); prediction engineers an
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,14 @@ import autofeat
 import sklearn
 
 from config import Settings
+from tasks.automl.artifact import model_url
 from tasks.automl.loading import CSV_SUFFIXES
 from tasks.automl.options import _ARTIFACT_NAME, AutoMLPredictRequest, AutoMLRequest
 from tasks.automl.pipeline import predict, run_automl
 from worker.errors import InvalidInput
 from worker.handler import Outcome, Produced, RunContext, RunMode
 from worker.registry import Loaded, registry
+from worker.storage import confine_input, is_url, output_url, upload_file
 
 #: registry name; AutoML trains per job, so the "model" is the library stack, warmed at start
 REGISTRY_NAME = "automl"
@@ -43,7 +46,9 @@ class TrainAutoML:
     """Handler of ``tasks.automl``: train on ``data_path`` (kwargs: ``AutoMLRequest``)."""
 
     def parse(self, kwargs: dict[str, Any], settings: Settings) -> AutoMLRequest:
-        return AutoMLRequest.parse(kwargs)
+        request = AutoMLRequest.parse(kwargs)
+        _check_url(request.data_path, settings)
+        return request
 
     def run(
         self, items: Sequence[AutoMLRequest], mode: RunMode, context: RunContext
@@ -67,7 +72,11 @@ class PredictAutoML:
     """Handler of ``tasks.automl_predict``: kwargs ``model_path`` and ``data_path``."""
 
     def parse(self, kwargs: dict[str, Any], settings: Settings) -> AutoMLPredictRequest:
-        return AutoMLPredictRequest.parse(kwargs)
+        request = AutoMLPredictRequest.parse(kwargs)
+        if is_url(request.model_path):
+            model_url(request.model_path, settings.output_root)
+        _check_url(request.data_path, settings)
+        return request
 
     def run(
         self, items: Sequence[AutoMLPredictRequest], mode: RunMode, context: RunContext
@@ -83,17 +92,36 @@ class PredictAutoML:
             if len(predictions) <= settings.automl_max_inline_predictions:
                 payload["predictions"] = predictions
             else:
-                payload["predictions_path"] = str(_write_predictions(predictions, settings, job_id))
+                payload["predictions_path"] = _write_predictions(predictions, settings, job_id)
             out.append(Produced(payload, REGISTRY_NAME, mode))
         return out
 
 
-def _write_predictions(predictions: list[object], settings: Settings, job_id: str) -> Path:
-    """Large outputs go to a file, not into Redis (messages carry paths, not blobs)."""
+def _check_url(raw: str, settings: Settings) -> None:
+    """A URL ``data_path`` outside ``MLWORKER_INPUT_URLS`` fails here, before the job runs
+    (local paths are confined by the pipeline, which callers also use without a task)."""
+    if is_url(raw):
+        confine_input("data_path", raw, settings)
+
+
+def _write_predictions(predictions: list[object], settings: Settings, job_id: str) -> str:
+    """Large outputs go to a file, not into Redis (messages carry paths, not blobs): a CSV
+    under the output root, uploaded whole when that root is ``s3://``."""
     import pandas as pd
 
+    frame = pd.DataFrame({"prediction": predictions})
+    name = f"{Path(job_id).name}{CSV_SUFFIXES[0]}"
+    root = output_url(settings)
+    if root is not None:
+        url = root.child("automl", "predictions", name)
+        with tempfile.TemporaryDirectory(prefix="mlworker-predictions-") as scratch:
+            local = Path(scratch) / name
+            frame.to_csv(local, index=False)
+            upload_file("predictions_path", local, url)
+        return str(url)
+    assert isinstance(settings.output_root, Path)
     directory = settings.output_root / "automl" / "predictions"
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{Path(job_id).name}{CSV_SUFFIXES[0]}"
-    pd.DataFrame({"prediction": predictions}).to_csv(path, index=False)
-    return path
+    path = directory / name
+    frame.to_csv(path, index=False)
+    return str(path)

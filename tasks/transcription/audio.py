@@ -43,6 +43,7 @@ from config import Settings
 from tasks.transcription.options import AudioSource
 from worker.errors import InputTooLarge, InvalidInput, UnreadableInput
 from worker.paths import open_confined
+from worker.storage import spool
 
 SAMPLE_RATE = 16_000  #: what Whisper's feature extractor expects
 #: header durations are approximate (codec delay, padding): reject only past this much slack
@@ -103,9 +104,13 @@ def load_audio(source: AudioSource, policy: DurationPolicy) -> DecodedAudio:
     """Decode ``source`` and apply ``policy``; every failure names ``source.field``.
 
     A path is opened with ``open_confined`` below ``source.root`` (no symlink followed, so
-    what is read is what the request's check saw) and PyAV reads the open file.
+    what is read is what the request's check saw) and PyAV reads the open file; a URL is
+    first copied to a temporary file within ``source.max_bytes`` (``worker.storage.spool``).
     """
     field = source.field
+    if source.url is not None:  # spooled to a temporary file: PyAV seeks in it as in any
+        with spool(field, source.url, source.max_bytes) as handle:
+            return _open(handle, field, policy)
     if source.path is None:
         if not source.data:
             raise UnreadableInput(field, "decoded to 0 bytes")

@@ -24,7 +24,7 @@ from tasks.transcription.formats import to_srt, to_vtt
 from tasks.transcription.results import TranscriptSegment as TranscriptSegment  # re-export
 from tasks.transcription.results import Word as Word  # re-export
 from worker.errors import InputTooLarge, InvalidInput
-from worker.paths import confined_path
+from worker.storage import ObjectURL, confine_input
 from worker.validation import RequestModel, context_value
 
 Task = Literal["transcribe", "translate"]
@@ -58,16 +58,20 @@ class TranscribeOptions:
 
 @dataclass(frozen=True)
 class AudioSource:
-    """Where the audio comes from: a confined file path or inline bytes.
+    """Where the audio comes from: a confined file path, an object URL or inline bytes.
 
     ``root`` is the folder the path was confined to; the decoder opens the path below it
-    without following links. None trusts the path (bundled fixtures, benchmarks).
+    without following links. None trusts the path (bundled fixtures, benchmarks). A ``url``
+    (checked against ``MLWORKER_INPUT_URLS``) is spooled to a temporary file of at most
+    ``max_bytes`` before decoding.
     """
 
     field: Literal["audio_path", "audio_b64"]
     path: Path | None = None
     data: bytes | None = None
     root: Path | None = None
+    url: ObjectURL | None = None
+    max_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,8 @@ _DEFAULTS = TranscribeOptions()
 class TranscribeRequest(RequestModel):
     """The JSON kwargs of ``tasks.transcribe``: exactly one audio source, then its options."""
 
-    audio_path: str | None = None  # under MLWORKER_INPUT_ROOT, checked by ``parse_request``
+    #: under MLWORKER_INPUT_ROOT or MLWORKER_INPUT_URLS, checked by ``parse_request``
+    audio_path: str | None = None
     audio_b64: str | None = None
     language: str | None = None  # None, "" or "auto": detect
     task: Task = _DEFAULTS.task
@@ -212,8 +217,10 @@ def _source(request: TranscribeRequest, settings: Settings) -> AudioSource:
     """Confine the path to the input root, or decode the base64 within the byte limit."""
     b64 = request.audio_b64
     if b64 is None:
-        path = confined_path("audio_path", request.audio_path, settings.input_root)
-        return AudioSource("audio_path", path=path, root=settings.input_root)
+        where = confine_input("audio_path", request.audio_path, settings)
+        if isinstance(where, ObjectURL):
+            return AudioSource("audio_path", url=where, max_bytes=settings.max_url_input_bytes)
+        return AudioSource("audio_path", path=where, root=settings.input_root)
     # 4 base64 chars carry 3 bytes: refuse before decoding anything too large
     if len(b64) * 3 // 4 > settings.max_b64_bytes + 2:
         raise InputTooLarge("audio_b64", f"decodes to more than {settings.max_b64_bytes} bytes")
