@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 import redis
 from celery import Celery
 
+from tests.hostile_messages import Envelope
 from tests.support import WorkerProcess
 from worker.errors import InvalidInput
 
@@ -93,4 +95,36 @@ def test_other_family_job_is_passed_on_to_its_queue(
         assert job.state == "PENDING"  # waiting for an automl worker, not failed
     finally:
         client.delete("automl")
+        client.close()
+
+
+def _meta(client: redis.Redis, job_id: str, timeout: float) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        raw = client.get(f"celery-task-meta-{job_id}")
+        meta = json.loads(raw) if raw else {}
+        if meta.get("status") in ("SUCCESS", "FAILURE"):
+            return dict(meta)
+        time.sleep(0.2)
+    return {}
+
+
+def test_protocol_1_messages_run_and_bad_ones_are_refused(
+    plain_celery_worker: WorkerProcess, worker_env: dict[str, str]
+) -> None:
+    """An old-protocol message (everything in the body, as gocelery sends) runs batched; one
+    whose args are not a list fails as InvalidInput('args') under its id."""
+    client = redis.Redis.from_url(worker_env["MLWORKER_REDIS_URL"])
+    try:
+        good, bad = str(uuid.uuid4()), str(uuid.uuid4())
+        for job_id, args in ((good, []), (bad, {"not": "a list"})):
+            body = {"task": "tasks.extract_tags", "id": job_id, "args": args,
+                    "kwargs": {"text": TEXT.format("protocol 1")}}  # fmt: skip
+            client.lpush("tags", Envelope(task=None, queue="tags", body=body, headers={}).item())
+        assert _meta(client, good, RESULT_TIMEOUT_S).get("status") == "SUCCESS"
+        refused = _meta(client, bad, 30)
+        assert refused.get("status") == "FAILURE"
+        assert refused["result"]["exc_type"] == "InvalidInput"  # type: ignore[index]
+        assert "args" in str(refused["result"])
+    finally:
         client.close()

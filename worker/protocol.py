@@ -126,7 +126,11 @@ _EMBED: dict[str, Callable[[Any], bool]] = {
 def message_problem(
     headers: object, payload: Callable[[], object], served: Callable[[str], bool]
 ) -> Refusal | None:
-    """Why a v2 task message cannot be run by this worker, or ``None`` when it can.
+    """Why a task message cannot be run by this worker, or ``None`` when it can.
+
+    Protocol 2 carries the task's name and id in the headers and ``[args, kwargs, embed]`` in
+    the body; protocol 1 (older clients, gocelery) carries everything in a body object, and
+    is recognised by headers that name neither.
 
     Args:
         headers: the message's headers, as kombu decoded them.
@@ -136,25 +140,66 @@ def message_problem(
     """
     if not isinstance(headers, dict):
         return Refusal("headers", f"are a {type(headers).__name__}, not an object")
+    if "task" not in headers and "id" not in headers:
+        return _protocol1_problem(payload, served)
     job_id = _good_id(headers.get("id"))
     name = _good_name(headers.get("task"))
+    refusal = _identity_problem(headers, job_id, name, served)
+    if refusal is not None:
+        return refusal
+    body, refusal = _decode(payload, job_id, name)
+    if refusal is not None:
+        return refusal
+    problem = body_problem(body)
+    if problem is not None:
+        return Refusal(problem[0], problem[1], job_id, name)
+    return None
+
+
+def _identity_problem(
+    fields: dict[str, Any], job_id: str | None, name: str | None, served: Callable[[str], bool]
+) -> Refusal | None:
+    """The id, the task name and the optional fields Celery reads (headers or a v1 body)."""
     if job_id is None:
         return Refusal("id", "missing, not a string, or longer than 255 characters", None, name)
     if name is None:
         return Refusal("task", "missing or not a task name", job_id)
     for key, check in _OPTIONAL_HEADERS.items():
-        value = headers.get(key)
+        value = fields.get(key)
         if value is not None and not check(value):
             return Refusal(key, f"header holds {_short(value)}", job_id, name)
     if not served(name):
         return Refusal("task", f"{name} is not served by this worker", job_id, name, True)
+    return None
+
+
+def _decode(
+    payload: Callable[[], object], job_id: str | None, name: str | None
+) -> tuple[object, Refusal | None]:
     try:
-        body = payload()
+        return payload(), None
     except RecursionError:
-        return Refusal("body", "nests too deeply to decode", job_id, name)
+        return None, Refusal("body", "nests too deeply to decode", job_id, name)
     except Exception as exc:  # noqa: BLE001 - any decode failure is the message's fault
-        return Refusal("body", f"cannot be decoded ({type(exc).__name__}: {exc})", job_id, name)
-    problem = body_problem(body)
+        problem = f"cannot be decoded ({type(exc).__name__}: {exc})"
+        return None, Refusal("body", problem, job_id, name)
+
+
+def _protocol1_problem(
+    payload: Callable[[], object], served: Callable[[str], bool]
+) -> Refusal | None:
+    """A protocol-1 message: ``{"task", "id", "args", "kwargs", ...}`` in the body."""
+    body, refusal = _decode(payload, None, None)
+    if refusal is not None:
+        return Refusal("headers", f"name no task, and the body {refusal.problem}")
+    if not isinstance(body, dict):
+        return Refusal("task", "missing from the headers (protocol 2) and the body (protocol 1)")
+    job_id, name = _good_id(body.get("id")), _good_name(body.get("task"))
+    refusal = _identity_problem(body, job_id, name, served)
+    if refusal is not None:
+        return refusal
+    embed = {key: body.get(key) for key in ("callbacks", "errbacks", "chord")}
+    problem = body_problem([body.get("args", []), body.get("kwargs", {}), embed])
     if problem is not None:
         return Refusal(problem[0], problem[1], job_id, name)
     return None
