@@ -3,6 +3,7 @@
     python -m bench            # full run, < 15 min on 2 cores
     python -m bench --quick    # smaller sizes, < 3 min
     python -m bench.startup    # worker start-to-ready and RSS per queue only
+    python -m bench.chaos      # 1000 jobs under kill -9 of children and Redis (~10 min; apart)
 
 Starts its own redis-server and workers (nothing else needs to run). Numbers are whatever was
 measured; product targets are reported, never asserted.
