@@ -258,17 +258,21 @@ def test_wide_table_reads_with_feature_columns(settings: Settings) -> None:
 
 @contextlib.contextmanager
 def _flipping(name: Path, inside: bytes, outside: Path) -> Iterator[None]:
-    """A thread swaps ``name`` between a regular file and a symlink to ``outside``."""
+    """A thread swaps ``name`` between a regular file and a symlink to ``outside``, holding
+    each for about a millisecond (writing a large ``inside`` would otherwise leave the link
+    in place most of the time, and a loaded machine might never see the regular file)."""
     stop = threading.Event()
 
     def flip() -> None:
         regular, link = name.with_name(".flip-file"), name.with_name(".flip-link")
         while not stop.is_set():
             regular.write_bytes(inside)
-            os.replace(regular, name)
             link.unlink(missing_ok=True)
             link.symlink_to(outside)
+            os.replace(regular, name)
+            stop.wait(0.001)
             os.replace(link, name)
+            stop.wait(0.001)
 
     thread = threading.Thread(target=flip, daemon=True)
     thread.start()
@@ -282,10 +286,10 @@ def _flipping(name: Path, inside: bytes, outside: Path) -> Iterator[None]:
 def _race(
     call: Callable[[], Any], check: Callable[[Any], None], enough: int = 20
 ) -> tuple[int, int]:
-    """Call until both outcomes were seen ``enough`` times (or 20x that many calls);
+    """Call until both outcomes were seen ``enough`` times (or 50x that many calls);
     returns (served, refused)."""
     served = refused = 0
-    for _ in range(20 * enough):
+    for _ in range(50 * enough):
         try:
             check(call())
             served += 1

@@ -413,3 +413,51 @@ def test_model_registry_loads_once_and_knows_the_declared_models() -> None:
     declared = {m.name for m in load_families(Settings()).models()}
     registry.register_declared()
     assert declared <= set(registry.snapshot())
+
+
+class _CutShort:
+    """An executor whose batch stops after the first request: the broker went away, or a bug."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def execute(self, tickets: Sequence[Ticket], batch_size: int, sink: Any) -> None:
+        sink.success(tickets[0], {"n": 0})
+        raise self.error
+
+
+def _batch_task(app: Celery, error: Exception) -> Any:
+    from celery_batches import SimpleRequest
+
+    from worker.batching import IsolatedBatches
+
+    task_class = type("CutShortTask", (IsolatedBatches,), {
+        "name": f"unit.cut_short.{uuid.uuid4().hex[:6]}", "handler": _Doubler(),
+        "family": "unit", "flush_every": 8, "flush_interval": 1,
+    })  # fmt: skip
+    task = app.register_task(task_class())
+    task._executor = _CutShort(error)
+    ids = [f"unit-{uuid.uuid4()}" for _ in range(3)]
+    requests = [
+        SimpleRequest(i, task.name, [], {"n": 1}, {"routing_key": "unit"}, "h", False, None, i, {})
+        for i in [*ids, ids[1]]  # the second request delivered twice into one flush
+    ]
+    return task, ids, requests
+
+
+def test_batch_cut_short_by_the_broker_settles_only_what_it_stored(client_app: Celery) -> None:
+    """A ConnectionError mid-batch: only the stored request is settled (acked); the others
+    are not, so the consumer delivers them again instead of acking them without results."""
+    import redis
+
+    task, ids, requests = _batch_task(client_app, redis.exceptions.ConnectionError("gone"))
+    assert task.run(requests) == [ids[0]]
+
+
+def test_batch_failing_outside_its_requests_fails_each_unsettled_one(client_app: Celery) -> None:
+    """Any other error past the executor becomes each unsettled request's stored failure, once
+    per id even when a request was delivered twice into the flush."""
+    task, ids, requests = _batch_task(client_app, RuntimeError("bug"))
+    assert task.run(requests) == sorted(ids)
+    records = ResultStore(client_app.backend).records(ids)
+    assert [r["status"] for r in records if r] == ["SUCCESS", "FAILURE", "FAILURE"]

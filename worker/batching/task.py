@@ -8,11 +8,13 @@ request's outcome is stored as its own result, with its own Flower events.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Collection
 from typing import Any, ClassVar
 
+import redis
 from billiard.exceptions import WorkerLostError
 from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
@@ -28,6 +30,14 @@ from worker.handler import Handler
 from worker.results import ResultStore
 
 log = logging.getLogger(__name__)
+
+#: errors that mean Redis went away mid-batch: the unsettled requests are delivered again
+BROKER_DOWN: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
 
 
 class IsolatedBatches(Batches):  # type: ignore[misc]
@@ -122,8 +132,12 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
 
         def on_return(result: Any) -> None:
             self._in_flight -= 1
+            settled = set(result) if isinstance(result, list) else set()
             for request in late:
-                request.acknowledge()
+                if request.id in settled:
+                    request.acknowledge()
+                else:  # its end was not recorded (see ``run``): deliver it again
+                    request.reject(requeue=True)
 
         def on_error(einfo: Any) -> None:
             self._in_flight -= 1
@@ -162,16 +176,39 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
             self._executor = Executor(self.app, self.handler, get_settings(), batched=True)
         return self._executor
 
-    def run(self, requests: list[SimpleRequest]) -> None:  # type: ignore[override]
-        """celery-batches calls this in the pool child with the flushed requests."""
+    def run(self, requests: list[SimpleRequest]) -> list[str]:  # type: ignore[override]
+        """celery-batches calls this in the pool child with the flushed requests.
+
+        Returns the ids whose end is recorded (a stored result or failure, a requeue, a
+        skip); the consumer acks those and puts the rest back on the queue. celery-batches
+        swallows an exception from here and acks the whole batch, so a batch cut short by
+        a lost Redis connection would be acked with results missing: instead the ids not
+        settled go back, and any other error becomes each unsettled request's failure.
+        A request delivered twice into one flush (a redelivery racing a reconnect) runs
+        once.
+        """
         events = RequestEvents(
             self.app, [r.id for r in requests], requests[0].hostname if requests else None
         )
+        sink = _StoreEach(self, events)
+        unique: dict[str, Ticket] = {}
+        for request in requests:
+            unique.setdefault(request.id, _ticket(self.name, request))
+        tickets = list(unique.values())
         try:
-            tickets = [_ticket(self.name, r) for r in requests]
-            self.executor.execute(tickets, int(self.flush_every), _StoreEach(self, events))
+            self.executor.execute(tickets, int(self.flush_every), sink)
+        except BROKER_DOWN as exc:
+            log.warning("batch cut short (%r): %d of %d requests go back to the queue",
+                        exc, len(tickets) - len(sink.settled), len(tickets))  # fmt: skip
+        except Exception as exc:
+            log.error("batch failed outside its requests: %r", exc, exc_info=exc)
+            for ticket in tickets:
+                if ticket.id not in sink.settled:
+                    with contextlib.suppress(*BROKER_DOWN):
+                        sink.failure(ticket, exc)
         finally:
             events.close()
+        return sorted(sink.settled)
 
 
 def _ticket(task_name: str, request: SimpleRequest) -> Ticket:
@@ -191,19 +228,23 @@ class _StoreEach:
     def __init__(self, task: IsolatedBatches, events: RequestEvents) -> None:
         self.store = ResultStore(task.backend)
         self.events = events
+        #: ids whose end is recorded: their messages may be acked
+        self.settled: set[str] = set()
 
     def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
         self.store.success(ticket.id, result)
+        self.settled.add(ticket.id)
         self.events.send(ticket.id, "task-succeeded", result=repr(result)[:256])
 
     def failure(self, ticket: Ticket, exc: BaseException) -> None:
         if not isinstance(exc, JobError):
             log.error("request %s failed: %r", ticket.id, exc, exc_info=exc)
         tb = self.store.failure(ticket.id, exc)
+        self.settled.add(ticket.id)
         self.events.send(ticket.id, "task-failed", exception=repr(exc)[:512], traceback=tb[-2000:])
 
     def requeued(self, ticket: Ticket) -> None:
-        pass
+        self.settled.add(ticket.id)
 
     def skipped(self, ticket: Ticket) -> None:
-        pass
+        self.settled.add(ticket.id)
