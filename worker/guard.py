@@ -110,7 +110,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         served = served_by(self.app.tasks)
         families = load_families(get_settings())
 
-        def on_task_received(message: Any) -> None:
+        def handle(message: Any) -> None:
             refusal = _screen(message, served)
             if refusal is not None and refusal.unserved:
                 refusal = self.pass_on(message, refusal, families)
@@ -119,10 +119,13 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
             if refusal is not None:
                 self.refuse(message, refusal)
                 return
+            inner(message)
+
+        def on_task_received(message: Any) -> None:
             try:
-                inner(message)
+                handle(message)
             except self.connection_errors:
-                raise
+                raise  # the consumer reconnects; the unacked message is delivered again
             except Exception as exc:  # noqa: BLE001 - a message must never stop the worker
                 job_id, task = _ids(message)
                 self.refuse(message, Refusal("message", f"could not be handled: {exc!r}",
