@@ -12,6 +12,7 @@ installs the worker hooks itself (``worker.entry``).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Celery, Task
@@ -20,6 +21,7 @@ from kombu.entity import Exchange, Queue
 from config import Settings, get_settings
 from worker.families import load_families
 from worker.family import DEAD_LETTER_QUEUE, UNROUTED_QUEUE, Families
+from worker.metrics import SENT_AT_HEADER
 
 #: the redis default a client falls back to when nothing is configured (the CLI never does)
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -28,7 +30,15 @@ SOFT_LIMIT_SHARE = 0.9
 
 
 class MlworkerCelery(Celery):  # type: ignore[misc]
-    """Celery whose worker is mlworker's (``worker.entry.MlworkerWorker``)."""
+    """Celery whose worker is mlworker's (``worker.entry.MlworkerWorker``) and whose
+    messages say when they were sent (the exporter's oldest-message age reads it)."""
+
+    def send_task(self, name: str, *args: Any, **options: Any) -> Any:
+        """Celery's ``send_task`` (``apply_async`` and retries go through it) stamping
+        ``x-sent-at``; a header here rather than a ``before_task_publish`` receiver, so that
+        building the app connects no signal and other apps in the process are left alone."""
+        headers = {SENT_AT_HEADER: time.time(), **(options.pop("headers", None) or {})}
+        return super().send_task(name, *args, headers=headers, **options)
 
     @property
     def Worker(self) -> type:  # noqa: N802 - Celery's name

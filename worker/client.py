@@ -25,6 +25,10 @@ from celery.result import AsyncResult
 
 from config import Settings, get_settings
 from worker.app import build_app
+
+# Celery rebuilds a failed job's exception from its stored module and type name, looking the
+# module up in sys.modules only: this import is what gives an app the real worker.errors
+# types (InvalidInput with .field), not stand-in classes whose str() is the args tuple.
 from worker.errors import InvalidInput
 from worker.families import load_families
 from worker.family import resolve
@@ -37,11 +41,18 @@ JOB_KEY = "mlworker:job:"
 
 
 class JobFailed(RuntimeError):
-    """The job ended in FAILURE; ``exc_type`` and ``message`` say why."""
+    """The job ended in FAILURE; ``exc_type`` and ``message`` say why.
 
-    def __init__(self, job_id: str, exc_type: str, message: str) -> None:
+    ``error`` is the job's exception as Celery rebuilt it (``worker.errors`` types for the
+    jobs' own refusals, e.g. ``InvalidInput`` with ``.field``); it is also ``__cause__``.
+    """
+
+    def __init__(
+        self, job_id: str, exc_type: str, message: str, error: BaseException | None = None
+    ) -> None:
         super().__init__(f"job {job_id} failed: {exc_type}: {message}")
         self.job_id, self.exc_type, self.message = job_id, exc_type, message
+        self.error = error
 
 
 @dataclass
@@ -76,7 +87,10 @@ class Job:
         return None
 
     def result(self, timeout: float | None = None, poll: float = 0.1) -> dict[str, Any]:
-        """Wait for the result dict; raise ``JobFailed`` on failure, TimeoutError on timeout."""
+        """Wait for the result dict; raise ``JobFailed`` on failure, TimeoutError on timeout.
+
+        ``async_result.get()`` raises the job's own exception type instead.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             meta = self.meta()
@@ -86,7 +100,7 @@ class Job:
                 exc = meta.get("result") or {}
                 if isinstance(exc, dict):
                     raise JobFailed(self.id, str(exc.get("exc_type")), _message(exc))
-                raise JobFailed(self.id, type(exc).__name__, str(exc))
+                raise JobFailed(self.id, type(exc).__name__, str(exc), exc) from exc
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {self.id} still {meta['status']} after {timeout}s")
             time.sleep(poll)

@@ -8,14 +8,19 @@ leave files to clean up. Every worker already reaches Redis, so each child adds 
 observations to one hash (one pipelined round trip per job or batch) and ``mlworker
 metrics`` turns that hash, the per-process RSS keys and ``LLEN`` of each queue into metric
 families at scrape time: one target however many workers there are.
+
+The oldest waiting message's age reads one message per list (``LINDEX -1``: kombu LPUSHes
+and consumers BRPOP, so the tail is the oldest), never the whole queue.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import socket
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +36,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from config import Settings, get_settings
 from worker.family import DEAD_LETTER_QUEUE, UNROUTED_QUEUE
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,12 @@ PROCESS_HEARTBEAT_S = 15.0
 PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 #: kombu's hash of delivered-but-unacked messages (reserved, buffered or running)
 UNACKED_KEY = "unacked"
+#: epoch seconds mlworker's app stamps on every message it publishes (``worker.app``)
+SENT_AT_HEADER = "x-sent-at"
+#: epoch seconds ``worker.delivery`` stamps on a message it parks on the dead-letter queue
+DEAD_AT_HEADER = "x-dead-at"
+#: per list, the unstamped tail message the exporter first saw and when: JSON [id, time]
+FIRST_SEEN_KEY = "mlworker:metrics:first_seen"
 
 
 @dataclass(frozen=True)
@@ -131,12 +143,14 @@ def _bucket(spec: Spec, value: float) -> str:
 class MetricsStore:
     """Workers' observations and process gauges in Redis; the exporter reads them back."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings | None = None) -> None:
         self.client = client
+        self.settings = settings or get_settings()
 
     @classmethod
-    def from_url(cls, url: str) -> MetricsStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
+    def from_url(cls, url: str, settings: Settings | None = None) -> MetricsStore:
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        return cls(client, settings)
 
     def record(self, observations: Iterable[Observation]) -> None:
         """Add observations in one round trip."""
@@ -161,6 +175,9 @@ class MetricsStore:
             "queues": ",".join(sorted(queues)),
             "models": ",".join(sorted(models)),
             "rss_bytes": str(rss),
+            # this child's own guard thresholds: workers of one queue may differ from another's
+            "soft_rss_bytes": str(self.settings.memory_soft_rss_mb * 1024 * 1024),
+            "hard_rss_bytes": str(self.settings.memory_hard_rss_mb * 1024 * 1024),
         }
         pipe = self.client.pipeline(transaction=False)
         for name, value in fields.items():
@@ -196,6 +213,38 @@ class MetricsStore:
         depths[UNACKED_KEY] = counts[-1]
         return depths
 
+    def oldest_ages(self, queues: Sequence[str], now: float | None = None) -> dict[str, float]:
+        """Seconds the oldest waiting message of each queue has waited (0 when empty).
+
+        O(1) per queue: ``LINDEX -1`` of the queue and of each priority list, two round trips.
+        """
+        now = time.time() if now is None else now
+        lists = [(queue, queue + suffix) for queue in queues for suffix in PRIORITY_SUFFIXES]
+        pipe = self.client.pipeline(transaction=False)
+        for _, name in lists:
+            pipe.lindex(name, -1)
+        pipe.hgetall(FIRST_SEEN_KEY)
+        *tails, raw_seen = pipe.execute()
+        seen = {k.decode(errors="replace"): v for k, v in raw_seen.items()}
+        ages: dict[str, float] = dict.fromkeys(queues, 0.0)
+        update = self.client.pipeline(transaction=False)
+        for (queue, name), tail in zip(lists, tails, strict=True):
+            if tail is None:
+                if name in seen:
+                    update.hdel(FIRST_SEEN_KEY, name)
+                continue
+            message_id, since = tail_identity(tail)
+            if since is None:
+                since = _first_seen(seen.get(name), message_id)
+                if since is None:
+                    since = now
+                    update.hset(FIRST_SEEN_KEY, name, json.dumps([message_id, now]))
+            elif name in seen:
+                update.hdel(FIRST_SEEN_KEY, name)
+            ages[queue] = max(ages[queue], now - since, 0.0)
+        update.execute()
+        return ages
+
     def recorded(self) -> dict[tuple[str, tuple[str, ...], str], float]:
         """Every stored counter value and histogram part."""
         values: dict[tuple[str, tuple[str, ...], str], float] = {}
@@ -206,6 +255,43 @@ class MetricsStore:
             except (ValueError, TypeError):
                 log.debug("ignoring malformed metrics field %r", raw_field)
         return values
+
+
+def tail_identity(raw: bytes) -> tuple[str, float | None]:
+    """A queued kombu message's identity and, when it says so, since when it has waited.
+
+    The time comes from the message itself: ``x-dead-at`` on a dead letter (its wait there
+    began when it was parked), else ``x-sent-at``, which mlworker's app stamps at publish
+    (Celery's protocol 2 carries no sent time). A message from another client has neither;
+    the caller then falls back to when the exporter first saw it at the tail, an
+    underestimate that still grows while the queue is stuck, which is what an alert needs.
+    ``eta`` is not used: it says when a job may run, not when it was sent, and workers take
+    eta jobs off the queue at once to hold them.
+    """
+    try:
+        message = json.loads(raw)
+        headers = message.get("headers") or {}
+        properties = message.get("properties") or {}
+        # kombu gives every published message a delivery tag; a restored one keeps it
+        identity = str(properties.get("delivery_tag") or headers.get("id") or "")
+        for header in (DEAD_AT_HEADER, SENT_AT_HEADER):
+            if isinstance(headers.get(header), int | float):
+                return identity, float(headers[header])
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        identity = ""
+    # a stable digest, so that every exporter replica and restart names it alike
+    return identity or hashlib.sha256(raw).hexdigest(), None
+
+
+def _first_seen(stored: bytes | None, message_id: str) -> float | None:
+    """When the exporter first saw ``message_id`` at this tail, if the record is its."""
+    if stored is None:
+        return None
+    try:
+        seen_id, seen_at = json.loads(stored)
+        return float(seen_at) if seen_id == message_id else None
+    except (ValueError, TypeError):
+        return None
 
 
 def _families(recorded: dict[tuple[str, tuple[str, ...], str], float]) -> Iterator[Metric]:
@@ -243,7 +329,9 @@ class MlworkerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("mlworker_redis_up", "1 if the exporter could read Redis.")
         try:
-            depths = self.store.queue_depths([*self.queues, UNROUTED_QUEUE, DEAD_LETTER_QUEUE])
+            every_queue = [*self.queues, UNROUTED_QUEUE, DEAD_LETTER_QUEUE]
+            depths = self.store.queue_depths(every_queue)
+            ages = self.store.oldest_ages(every_queue)
             processes = self.store.processes()
             recorded = self.store.recorded()
         except redis.RedisError as exc:
@@ -254,6 +342,15 @@ class MlworkerCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from self._queue_families(depths)
+        oldest = GaugeMetricFamily(
+            "mlworker_queue_oldest_age_seconds",
+            "Seconds the oldest waiting message of a queue has waited (0 when empty); "
+            "messages from other clients count from when the exporter first saw them.",
+            labels=["queue"],
+        )
+        for queue, age in ages.items():
+            oldest.add_metric([queue], age)
+        yield oldest
         yield from self._process_families(processes)
         yield from _families(recorded)
 
@@ -288,13 +385,26 @@ class MlworkerCollector(Collector):
             "Resident memory of one worker child.",
             labels=["node", "pid", "queues"],
         )
+        limits = {
+            field: GaugeMetricFamily(
+                f"mlworker_memory_{field}",
+                f"A worker child's memory guard {which} threshold on its RSS.",
+                labels=["node", "pid", "queues"],
+            )
+            for field, which in (("soft_rss_bytes", "soft (lightweight)"),
+                                 ("hard_rss_bytes", "hard (refuse and recycle)"))
+        }  # fmt: skip
         per_queue: dict[str, int] = dict.fromkeys(self.queues, 0)
         for proc in processes:
             labels = [proc.get("node", ""), proc.get("pid", ""), proc.get("queues", "")]
             rss.add_metric(labels, float(proc.get("rss_bytes", 0)))
+            for field, family in limits.items():
+                if field in proc:  # a child of an older version does not publish them
+                    family.add_metric(labels, float(proc[field]))
             for queue in filter(None, proc.get("queues", "").split(",")):
                 per_queue[queue] = per_queue.get(queue, 0) + 1
         yield rss
+        yield from limits.values()
         children = GaugeMetricFamily(
             "mlworker_worker_processes",
             "Live worker children consuming a queue (heartbeat within the last minute).",

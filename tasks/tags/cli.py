@@ -2,13 +2,16 @@
 
 ``mlworker submit tags TEXT``; ``mlworker models export|list`` and ``mlworker models verify
 embedder`` build and check the embedder's ONNX FP32/INT8 exports in the model cache (exit
-status 1 means an export was refused).
+status 1 means an export was refused, 3 that there is no export to verify yet).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,7 +19,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from config import get_settings
-from worker.cli.jobs import JobIdOption, TimeoutOption, WaitOption, client, finish
+from worker.cli.jobs import (
+    EXIT_NOT_FOUND,
+    JobIdOption,
+    TimeoutOption,
+    WaitOption,
+    client,
+    finish,
+    say,
+)
 
 if TYPE_CHECKING:
     from worker.client import Job, MLClient
@@ -66,9 +77,25 @@ def _backends(choice: Backend) -> list[str]:
     return ["onnx", "onnx-int8"] if choice is Backend.all else [choice.value]
 
 
+def _require_exports(backends: list[str]) -> None:
+    """Exit 3 with the command to run when a backend has no export to verify."""
+    from tasks.tags.onnx import MANIFEST, export_dir
+
+    settings = get_settings()
+    for backend in backends:
+        directory = export_dir(settings.model_cache_dir, settings.embedder_model, backend)
+        if not (directory / MANIFEST).is_file():
+            say(
+                f"no {backend} export of {settings.embedder_model} in {directory}; "
+                f"run `mlworker models export --backend {backend}` first"
+            )
+            raise typer.Exit(EXIT_NOT_FOUND)
+
+
 def _verify_embedder(backends: list[str], min_cosine: float | None) -> bool:
     from tasks.tags.exports import verify_export
 
+    _require_exports(backends)
     settings = get_settings()
     passed = True
     for backend in backends:
@@ -78,26 +105,57 @@ def _verify_embedder(backends: list[str], min_cosine: float | None) -> bool:
     return passed
 
 
+@contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
+    """Hide what an export floods stderr with unless ``verbose``: the tracer's warnings
+    (TracerWarning, UserWarning, deprecations), onnxruntime's root-logger advice and
+    transformers' weight-loading progress bars."""
+    if verbose:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    root = logging.getLogger()
+    level, bars = root.level, hf_logging.is_progress_bar_enabled()
+    root.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def export(
     backend: BackendOption = Backend.onnx_int8,
     force: Annotated[bool, typer.Option(help="Rebuild even if an export exists.")] = False,
     min_cosine: FloorOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show torch's warnings.")] = False,
 ) -> None:
     """Export (and quantize) the configured embedder to ONNX, then verify it against FP32."""
     from tasks.tags.exports import export_embedder
 
     settings = get_settings()
     for name in _backends(backend):
-        path = export_embedder(settings, name, force=force)
+        with _quiet(verbose):
+            path = export_embedder(settings, name, force=force)
         typer.echo(f"{settings.embedder_model} {name}: exported to {path}")
-    if not _verify_embedder(_backends(backend), min_cosine):
+    with _quiet(verbose):
+        passed = _verify_embedder(_backends(backend), min_cosine)
+    if not passed:
         raise typer.Exit(1)
 
 
 def verify_embedder(
     backend: BackendOption = Backend.onnx_int8, min_cosine: FloorOption = None
 ) -> None:
-    """Check an embedder export against FP32 (lowest cosine, top-k tag agreement)."""
+    """Check an embedder export against FP32 (lowest cosine, top-k tag agreement).
+
+    Exit 1: refused; exit 3: no export yet (it prints the `mlworker models export` to run).
+    """
     if not _verify_embedder(_backends(backend), min_cosine):
         raise typer.Exit(1)
 

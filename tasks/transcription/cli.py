@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from worker.client import Job, MLClient
 
 Summary = Callable[[dict[str, Any]], str]
+#: ``submit transcribe``'s next steps, by error type
+HINTS = {
+    "PathOutsideRoot": "workers read audio only under their MLWORKER_INPUT_ROOT: give a path "
+    "inside it, or send a local file in the message with --inline",
+}
 
 #: ``mlworker demo``'s recording (espeak-ng speech, made for this project)
 DEMO_AUDIO = Path(__file__).resolve().parent / "demo.flac"
@@ -44,7 +49,7 @@ def submit_transcribe(
         )
     else:
         job = ml.transcribe(audio, language=language, output_formats=output_format, job_id=job_id)
-    finish(job, wait, timeout)
+    finish(job, wait, timeout, HINTS)
 
 
 def verify_whisper(

@@ -121,7 +121,13 @@ def up(
 
 @cli.command()
 def status(job_id: Annotated[str | None, typer.Argument()] = None) -> None:
-    """One job's state and result, or (no JOB_ID) queue depths and workers."""
+    """One job's state and result, or (no JOB_ID) queue depths and workers.
+
+    A job is known when the result store has a state for it (STARTED, RETRY, PROGRESS,
+    SUCCESS, FAILURE), or, while PENDING, when its message still waits in a queue or sits
+    unacked at a worker, or its --job-id is claimed. Anything else exits 3: never sent, or
+    its result expired.
+    """
     from worker.cli.jobs import show_job, show_queues
 
     if job_id:
@@ -153,7 +159,15 @@ def _redact(url: str) -> str:
 
 
 def main() -> None:
-    cli(prog_name="mlworker")
+    """The ``mlworker`` entry point: a request the client refuses is one line, not a traceback."""
+    from worker.cli.jobs import EXIT_FAILED, report_error
+    from worker.errors import JobError
+
+    try:
+        cli(prog_name="mlworker")
+    except JobError as exc:
+        report_error(type(exc).__name__, str(exc))
+        raise SystemExit(EXIT_FAILED) from None
 
 
 if __name__ == "__main__":
