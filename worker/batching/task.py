@@ -3,7 +3,8 @@
 Consumer side (the worker's main process): a flush timer per consumer, the idle rule of
 ``worker.batching.rules``, and callbacks for a batch whose child dies or times out. Child
 side: the flushed requests become tickets for ``worker.execution.Executor``, and each
-request's outcome is stored as its own result, with its own Flower events.
+request's outcome is stored as its own result, with its own Flower events (the consumer's
+buffer sends each request's ``task-received``: see ``worker.batching.events``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from celery_batches.trace import apply_batches_task
 
 from config import get_settings
 from worker.admission import Ticket
-from worker.batching.events import RequestEvents
+from worker.batching.events import ReceivedBuffer, RequestEvents
 from worker.batching.rules import BufferState, should_flush, tick_s
 from worker.errors import JobError
 from worker.execution import Executor
@@ -63,6 +64,10 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
     _executor: Executor[Any] | None = None
 
     # --- consumer process -------------------------------------------------------------
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = ReceivedBuffer()  # celery-batches' buffer, sending task-received
 
     def _tick_s(self) -> float:
         return tick_s(idle_s=self.flush_idle_s, interval_s=float(self.flush_interval))
@@ -234,14 +239,14 @@ class _StoreEach:
     def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
         self.store.success(ticket.id, result)
         self.settled.add(ticket.id)
-        self.events.send(ticket.id, "task-succeeded", result=repr(result)[:256])
+        self.events.succeeded(ticket.id, result)
 
     def failure(self, ticket: Ticket, exc: BaseException) -> None:
         if not isinstance(exc, JobError):
             log.error("request %s failed: %r", ticket.id, exc, exc_info=exc)
         tb = self.store.failure(ticket.id, exc)
         self.settled.add(ticket.id)
-        self.events.send(ticket.id, "task-failed", exception=repr(exc)[:512], traceback=tb[-2000:])
+        self.events.failed(ticket.id, exc, tb)
 
     def requeued(self, ticket: Ticket) -> None:
         self.settled.add(ticket.id)
