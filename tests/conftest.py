@@ -76,6 +76,17 @@ def client_app(worker_env: dict[str, str]) -> Iterator[Celery]:
     app.close()
 
 
+@pytest.fixture(scope="module")
+def bare_client(worker_env: dict[str, str]) -> Iterator[Celery]:
+    """A Celery app as another team would write it: only a broker and a backend, no routes,
+    no queues, nothing of mlworker."""
+    url = worker_env["MLWORKER_REDIS_URL"]
+    app = Celery("someone-elses-app", broker=url, backend=url)
+    yield app
+    gc.collect()  # its AsyncResults unsubscribe now, while Redis is still up (see client_app)
+    app.close()
+
+
 @pytest.fixture(scope="session")
 def input_root(stack_dirs: dict[str, Path]) -> Path:
     return stack_dirs["input"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 from celery import Celery
@@ -84,3 +86,24 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             return self.process.wait()
+
+
+#: states after which a job's stored record no longer changes
+FINAL_STATES = ("SUCCESS", "FAILURE")
+
+
+def stored_meta(client: Any, job_id: str) -> dict[str, Any]:
+    """The result record Celery's redis backend keeps for ``job_id``, as raw JSON ({} if none)."""
+    raw = client.get(f"celery-task-meta-{job_id}")
+    return dict(json.loads(raw)) if raw else {}
+
+
+def wait_final_meta(client: Any, job_id: str, timeout: float) -> dict[str, Any]:
+    """``stored_meta`` once it reaches a final state, or {} after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        meta = stored_meta(client, job_id)
+        if meta.get("status") in FINAL_STATES:
+            return meta
+        time.sleep(0.2)
+    return {}

@@ -8,7 +8,6 @@ Processed count stayed 0. Flower runs here without auth on 127.0.0.1 (a test-onl
 
 from __future__ import annotations
 
-import gc
 import json
 import socket
 import subprocess
@@ -86,16 +85,6 @@ def flower(worker_env: dict[str, str], stack_dirs: dict[str, Path]) -> Iterator[
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-
-
-@pytest.fixture(scope="module")
-def bare_client(worker_env: dict[str, str]) -> Iterator[Celery]:
-    """A Celery app with only a broker and a backend: no routes, no task-sent events."""
-    url = worker_env["MLWORKER_REDIS_URL"]
-    app = Celery("someone-elses-app", broker=url, backend=url)
-    yield app
-    gc.collect()  # its AsyncResults unsubscribe now, while Redis is still up (see conftest)
-    app.close()
 
 
 def test_shown_cuts_long_strings_and_keeps_a_chosen_repr() -> None:

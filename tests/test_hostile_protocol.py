@@ -10,7 +10,6 @@ record with the reason, and nothing is left unacknowledged to kill the next work
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -26,13 +25,12 @@ from celery import Celery
 
 from tests.conftest import FIXTURES
 from tests.hostile_messages import Hostile, good_envelope, hostile_messages
-from tests.support import WorkerProcess
+from tests.support import FINAL_STATES, WorkerProcess, stored_meta
 from worker.delivery import list_dead
 from worker.family import DEAD_LETTER_QUEUE
 
 #: a good job after ~60 refusals: a batch (tags) or a 60-row AutoML job on 2 shared cores
 GOOD_JOB_TIMEOUT_S = 240
-READY = ("SUCCESS", "FAILURE")
 
 
 @dataclass
@@ -69,11 +67,6 @@ def _good_kwargs(queue: str, input_root: Path) -> dict[str, Any]:
     return {"data_path": "hostile_good.csv", "target": "y", "time_budget_s": 30}
 
 
-def _meta(client: redis.Redis, job_id: str) -> dict[str, Any]:
-    raw = client.get(f"celery-task-meta-{job_id}")
-    return json.loads(raw) if raw else {}
-
-
 @pytest.fixture(scope="module", params=sorted(QUEUES))
 def pushed(
     request: pytest.FixtureRequest,
@@ -94,13 +87,15 @@ def pushed(
         good_id, good = good_envelope(task, queue, _good_kwargs(queue, input_root))
         client.lpush(queue, good)
         deadline = time.monotonic() + GOOD_JOB_TIMEOUT_S
-        while _meta(client, good_id).get("status") not in READY and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if stored_meta(client, good_id).get("status") in FINAL_STATES:
+                break
             assert proc.process is not None and proc.process.poll() is None, proc.log()[-3000:]
             time.sleep(0.5)
         time.sleep(1.0)  # the last refusals' records land
         dead = {job.id: job for job in list_dead(client_app)}
         unacked = list(client.hvals("unacked"))
-        yield Pushed(queue, proc, cases, good_id, _meta(client, good_id), dead, unacked)
+        yield Pushed(queue, proc, cases, good_id, stored_meta(client, good_id), dead, unacked)
     finally:
         proc.stop()
         client.delete(DEAD_LETTER_QUEUE)
@@ -146,7 +141,7 @@ def test_each_refusal_is_recorded_with_its_field(pushed: Pushed, name: str) -> N
     """A readable id fails as InvalidInput naming the field, and is parked with the reason."""
     case = next(c for c in pushed.cases if c.name == name)
     assert case.job_id is not None
-    meta = _meta(redis.Redis.from_url(pushed.worker.env["MLWORKER_REDIS_URL"]), case.job_id)
+    meta = stored_meta(redis.Redis.from_url(pushed.worker.env["MLWORKER_REDIS_URL"]), case.job_id)
     assert meta.get("status") == "FAILURE", (case.name, meta)
     result = meta["result"]
     assert result["exc_type"] == "InvalidInput", (case.name, result)

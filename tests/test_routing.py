@@ -20,7 +20,7 @@ import redis
 from celery import Celery
 
 from tests.hostile_messages import Envelope
-from tests.support import WorkerProcess
+from tests.support import WorkerProcess, wait_final_meta
 from worker.errors import InvalidInput
 
 RESULT_TIMEOUT_S = 180
@@ -36,15 +36,6 @@ def plain_celery_worker(
     proc.start(client_app)
     yield proc
     proc.stop()
-
-
-@pytest.fixture(scope="module")
-def bare_client(worker_env: dict[str, str]) -> Iterator[Celery]:
-    """A Celery app with only a broker and a backend: no routes, no queues, no mlworker."""
-    url = worker_env["MLWORKER_REDIS_URL"]
-    app = Celery("someone-elses-app", broker=url, backend=url)
-    yield app
-    app.close()
 
 
 def test_plain_celery_worker_batches_a_burst(
@@ -98,17 +89,6 @@ def test_other_family_job_is_passed_on_to_its_queue(
         client.close()
 
 
-def _meta(client: redis.Redis, job_id: str, timeout: float) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        raw = client.get(f"celery-task-meta-{job_id}")
-        meta = json.loads(raw) if raw else {}
-        if meta.get("status") in ("SUCCESS", "FAILURE"):
-            return dict(meta)
-        time.sleep(0.2)
-    return {}
-
-
 def test_protocol_1_messages_run_and_bad_ones_are_refused(
     plain_celery_worker: WorkerProcess, worker_env: dict[str, str]
 ) -> None:
@@ -121,8 +101,8 @@ def test_protocol_1_messages_run_and_bad_ones_are_refused(
             body = {"task": "tasks.extract_tags", "id": job_id, "args": args,
                     "kwargs": {"text": TEXT.format("protocol 1")}}  # fmt: skip
             client.lpush("tags", Envelope(task=None, queue="tags", body=body, headers={}).item())
-        assert _meta(client, good, RESULT_TIMEOUT_S).get("status") == "SUCCESS"
-        refused = _meta(client, bad, 30)
+        assert wait_final_meta(client, good, RESULT_TIMEOUT_S).get("status") == "SUCCESS"
+        refused = wait_final_meta(client, bad, 30)
         assert refused.get("status") == "FAILURE"
         assert refused["result"]["exc_type"] == "InvalidInput"  # type: ignore[index]
         assert "args" in str(refused["result"])
