@@ -71,11 +71,9 @@ def _package_file(package: str, relative: str) -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    """Hex sha256 of a file, read in blocks (the stdlib's ``hashlib.file_digest``)."""
     with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def verify_sha256(path: Path, expected: str) -> None:

@@ -28,6 +28,7 @@ import pandas as pd
 from tasks.automl.features import EngineeredFeatures
 from tasks.automl.prepare import Encoder
 from tasks.automl.search import PREDICT_CHUNK_ROWS, predict_in_chunks
+from worker.bundled import sha256_file
 from worker.errors import InvalidInput, PathOutsideRoot, UnreadableInput
 from worker.paths import confined_path, open_confined
 from worker.storage import (
@@ -109,7 +110,7 @@ def save_artifact(artifact: Artifact, output_root: Path, name: str) -> Path:
     target = directory / ARTIFACT_FILE
     with _temporary(directory, ".model-") as temporary:
         joblib.dump(artifact, temporary, compress=3)
-        digest = _file_digest(temporary)
+        digest = sha256_file(temporary)
         with _temporary(directory, ".digest-") as digest_file:
             digest_file.write_text(digest + "\n")
             os.replace(digest_file, target.with_name(ARTIFACT_FILE + DIGEST_SUFFIX))
@@ -123,7 +124,7 @@ def upload_artifact(artifact: Artifact, root: ObjectURL, name: str) -> SavedArti
     with tempfile.TemporaryDirectory(prefix="mlworker-artifact-") as scratch:
         local = Path(scratch) / ARTIFACT_FILE
         joblib.dump(artifact, local, compress=3)
-        digest = _file_digest(local)
+        digest = sha256_file(local)
         upload_file("model_path", local, url, {DIGEST_METADATA: digest})
     return SavedArtifact(str(url), digest)
 
@@ -199,11 +200,6 @@ def _read_local_digest(path: Path, root: Path | None = None) -> str | None:
     if not _HEX_DIGEST.match(text):
         raise UnreadableInput("model_path", f"{digest_path.name} holds no sha256")
     return text
-
-
-def _file_digest(path: Path) -> str:
-    with path.open("rb") as handle:
-        return _stream_digest(handle)
 
 
 def _stream_digest(handle: IO[bytes]) -> str:

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from worker.bundled import sha256_file
+
 log = logging.getLogger(__name__)
 
 ONNX_BACKENDS = ("onnx", "onnx-int8")
@@ -74,20 +76,12 @@ def export_dir(cache_dir: Path, model_id: str, backend: str) -> Path:
     return cache_dir / "embedders" / slug / backend
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _source_sha256(source: Path) -> str:
     """Digest of the source weights, so a manifest says which weights it was exported from."""
     weights = sorted(source.glob("*.safetensors")) or sorted(source.glob("*.bin"))
     digest = hashlib.sha256()
     for path in weights:
-        digest.update(_sha256(path).encode())
+        digest.update(sha256_file(path).encode())
     return digest.hexdigest()
 
 
@@ -152,7 +146,7 @@ def export_fp32(model_id: str, source: str, target: Path) -> ExportManifest:
             input_names=names,
             pad_token=str(tokenizer.pad_token),
             pad_id=int(tokenizer.pad_token_id or 0),
-            model_sha256=_sha256(tmp / MODEL_FILE),
+            model_sha256=sha256_file(tmp / MODEL_FILE),
         )
         manifest.save(tmp)
     return manifest
@@ -195,7 +189,7 @@ def quantize_int8(fp32_dir: Path, target: Path) -> ExportManifest:
         )
         shutil.copyfile(fp32_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         manifest.backend = "onnx-int8"
-        manifest.model_sha256 = _sha256(tmp / MODEL_FILE)
+        manifest.model_sha256 = sha256_file(tmp / MODEL_FILE)
         manifest.verification = None
         manifest.save(tmp)
     return manifest
