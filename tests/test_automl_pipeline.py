@@ -87,7 +87,21 @@ def test_planner_bounds_generated_features_and_shrinks_to_budget() -> None:
 def test_diabetes_beats_linear_baseline_and_model_predicts(settings: Settings) -> None:
     """A regression job beats plain least squares on the held-out rows; its model reloads."""
     frame = _diabetes(settings.input_root)
-    result = run_automl("diabetes.csv", AutoMLOptions(target="target"), settings=settings)
+    reported: list[tuple[float, str]] = []
+    result = run_automl(
+        "diabetes.csv",
+        AutoMLOptions(target="target"),
+        settings=settings,
+        progress=lambda fraction, phase: reported.append((fraction, phase)),
+    )
+    steps = [phase for _, phase in reported]  # progress: each public phase, in order
+    assert list(dict.fromkeys(steps)) == [
+        "loading",
+        "feature_engineering",
+        "model_search",
+        "scoring",
+    ]
+    assert [f for f, _ in reported] == sorted(f for f, _ in reported) and reported[0][0] == 0.0
     x_train, x_test, y_train, y_test = train_test_split(
         frame.drop(columns="target"), frame["target"], test_size=0.2, random_state=0
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,26 @@ def test_bad_inputs_fail_clearly_and_worker_serves_next_job(
         data_path="diabetes.csv",
     )
     assert result["rows"] == 442
+
+
+def test_progress_reports_phases_in_order(
+    client_app: Celery, automl_worker: WorkerProcess, tables: dict[str, pd.DataFrame]
+) -> None:
+    """While a job runs its PROGRESS record names the phase; seen in the documented order."""
+    order = ["loading", "feature_engineering", "model_search", "scoring"]
+    job = client_app.send_task("tasks.automl", kwargs={"data_path": "wine.csv", "target": "target"})
+    seen: list[str] = []
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        meta = client_app.backend.get_task_meta(job.id)
+        if meta["status"] in ("SUCCESS", "FAILURE"):
+            break
+        info = meta.get("result")
+        if meta["status"] == "PROGRESS" and isinstance(info, dict) and info.get("phase"):
+            assert 0.0 <= info["fraction"] < 1.0
+            if not seen or seen[-1] != info["phase"]:
+                seen.append(info["phase"])
+        time.sleep(0.02)
+    assert meta["status"] == "SUCCESS", meta
+    assert "model_search" in seen, seen  # the long phase cannot be missed at 20 ms polls
+    assert seen == sorted(seen, key=order.index), seen

@@ -26,7 +26,7 @@ from celery import Celery
 from config import Settings
 from worker.app import build_app
 from worker.cli.broker import MARKER_FILE, PASSWORD_FILE, running_embedded_url
-from worker.cli.stack import FLOWER_CONFIG
+from worker.cli.stack import FLOWER_CONFIG, FLOWER_PASSWORD_FILE, FLOWER_USER
 from worker.client import MLClient
 from worker.redis_server import (
     CONFIG_FILE,
@@ -209,7 +209,7 @@ def test_no_secret_in_the_argv_of_redis_or_flower(flower_up: Up) -> None:
     """Neither redis-server's nor Flower's /proc/PID/cmdline holds a secret; Flower asks."""
     url = flower_up.wait_url()
     password = (flower_up.state / PASSWORD_FILE).read_text().strip()
-    flower = next(p for p in stack_processes(flower_up.state) if "flower" in p.cmdline())
+    flower = next(p for p in stack_processes(flower_up.state) if "worker.flower" in p.cmdline())
     for pid in (flower_up.redis_pid(), flower.pid):
         argv = cmdline(pid)
         assert password.encode() not in argv and b"flower-test-secret" not in argv, argv
@@ -225,6 +225,45 @@ def test_no_secret_in_the_argv_of_redis_or_flower(flower_up: Up) -> None:
     assert _http_status(f"http://127.0.0.1:{port}/api/workers", FLOWER_AUTH) == 200
     assert _http_status(f"http://127.0.0.1:{port}/api/workers", "admin:wrong") == 401
     assert password in url
+
+
+def _wait_line(up: Up, text: str, timeout: float = 90.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert up.process.poll() is None, up.log()
+        if text in up.log():
+            return up.log()
+        time.sleep(0.2)
+    pytest.fail(f"no {text!r} from up:\n{up.log()}")
+
+
+def test_flower_works_out_of_the_box_with_a_generated_login(base: Path) -> None:
+    """Without MLWORKER_FLOWER_BASIC_AUTH, up makes a 0600 Flower password: its REST API and
+    broker page answer that login (dead_letter and the unrouted queue listed), nobody else;
+    up prints one line per component with its URL, then ready."""
+    up = Up(base / "flower-default", "--queues", "")
+    log = _wait_line(up, "ready; Ctrl-C stops everything")
+    password_file = up.state / FLOWER_PASSWORD_FILE
+    assert _mode(password_file) == 0o600
+    login = f"{FLOWER_USER}:{password_file.read_text().strip()}"
+    flower = f"http://127.0.0.1:{up.env['MLWORKER_FLOWER_PORT']}"
+    metrics = f"http://127.0.0.1:{up.env['MLWORKER_METRICS_PORT']}/metrics"
+    lines = log.splitlines()
+    said_flower = [ln for ln in lines if ln.startswith("flower") and flower in ln]
+    assert said_flower and str(password_file) in said_flower[0], log
+    assert any(ln.startswith("metrics") and metrics in ln for ln in lines), log
+    assert any(ln.startswith("logs") and str(up.logs) in ln for ln in lines), log
+    assert _http_status(f"{flower}/api/workers") == 401
+    assert _http_status(f"{flower}/api/workers", f"{FLOWER_USER}:wrong") == 401
+    assert _http_status(f"{flower}/api/workers", login) == 200
+    request = urllib.request.Request(f"{flower}/broker")
+    request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        page = response.read().decode()
+    for queue in ("dead_letter", "celery", "tags", "transcribe", "automl"):
+        assert f'<tr id="{queue}">' in page, queue
+    assert up.stop() == 0
+    assert (up.logs / "flower.log").exists() and (up.logs / "metrics.log").exists()
 
 
 def test_dangerous_commands_are_refused_even_with_the_password(flower_up: Up) -> None:

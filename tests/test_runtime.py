@@ -143,17 +143,14 @@ def test_up_then_sigint_leaves_no_process_behind(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            log = (
-                (logs / "worker-tags.log").read_text()
-                if (logs / "worker-tags.log").exists()
-                else ""
-            )
-            if "mlworker child ready" in log and len(_descendants(up.pid)) >= 4:
+            said = (tmp_path / "up.log").read_text()
+            if "ready; Ctrl-C" in said and len(_descendants(up.pid)) >= 4:
                 break
             assert up.poll() is None, (tmp_path / "up.log").read_text()
             time.sleep(0.5)
         else:
             pytest.fail("stack did not come up")
+        assert any(ln.startswith("worker-tags ") and "tags-up" in ln for ln in said.splitlines())
         procs = _descendants(up.pid)
         names = " ".join(" ".join(p.cmdline()) for p in procs)
         assert "redis-server" in names and "flower" in names and "metrics" in names

@@ -86,6 +86,13 @@ class Job:
             return float(info["fraction"])
         return None
 
+    def phase(self) -> str | None:
+        """The step a running job reports it is in (AutoML: loading, feature_engineering,
+        model_search, scoring), else None."""
+        meta = self.meta()
+        info = meta.get("result") if meta["status"] == "PROGRESS" else None
+        return str(info["phase"]) if isinstance(info, dict) and info.get("phase") else None
+
     def result(self, timeout: float | None = None, poll: float = 0.1) -> dict[str, Any]:
         """Wait for the result dict; raise ``JobFailed`` on failure, TimeoutError on timeout.
 

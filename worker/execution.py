@@ -193,17 +193,25 @@ def _out_of_memory(exc: MemoryError) -> InsufficientMemory:
 
 
 class _Progress:
-    """PROGRESS records for a group's jobs, at most one per ``PROGRESS_STEP`` of a job."""
+    """PROGRESS records for a group's jobs, at most one per ``PROGRESS_STEP`` of a job or
+    change of its phase (``{"fraction": 0..1, "phase": name}``, phase when the family has one)."""
 
     def __init__(self, store: ResultStore, job_ids: Sequence[str]) -> None:
         self.store = store
         self.job_ids = list(job_ids)
         self.last: dict[int, float] = {}
 
-    def __call__(self, index: int, fraction: float) -> None:
-        if fraction - self.last.get(index, -1.0) >= PROGRESS_STEP or fraction >= 1.0:
+        self.phases: dict[int, str] = {}
+
+    def __call__(self, index: int, fraction: float, phase: str | None = None) -> None:
+        moved = fraction - self.last.get(index, -1.0) >= PROGRESS_STEP or fraction >= 1.0
+        if moved or (phase is not None and phase != self.phases.get(index)):
             self.last[index] = fraction
-            self.store.progress(self.job_ids[index], {"fraction": round(fraction, 3)})
+            meta: dict[str, Any] = {"fraction": round(fraction, 3)}
+            if phase is not None:
+                self.phases[index] = phase
+                meta["phase"] = phase
+            self.store.progress(self.job_ids[index], meta)
 
 
 def envelope(

@@ -9,7 +9,7 @@ a ``MemoryError``, isolating failures, storing results and the result envelope.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -62,14 +62,20 @@ class Produced:
 Outcome = Produced | JobError | MemoryError
 
 
+class ProgressSink(Protocol):
+    """Where a handler reports an item's progress; ``phase`` names the step it is in."""
+
+    def __call__(self, index: int, fraction: float, phase: str | None = None) -> None: ...
+
+
 @dataclass(frozen=True)
 class RunContext:
     """Per-call facts for ``run``: the job ids of its items, settings, a progress sink."""
 
     job_ids: Sequence[str]
     settings: Settings
-    #: ``progress(index, fraction)``: item ``index`` is ``fraction`` (0..1) done
-    progress: Callable[[int, float], None]
+    #: ``progress(index, fraction[, phase])``: item ``index`` is ``fraction`` (0..1) done
+    progress: ProgressSink
 
 
 class Handler(Protocol[Item]):

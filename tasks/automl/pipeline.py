@@ -85,16 +85,37 @@ class Fitted:
     feature_count: int
 
 
-class Phases:
-    """Wall time per named phase; tells the RSS sampler which phase its samples belong to."""
+#: what a job reports as PROGRESS while a pipeline phase runs: (public phase, fraction done);
+#: the fractions are where each phase starts, by its usual share of a job's wall time
+PROGRESS_PHASES = {
+    "load": ("loading", 0.0),
+    "prepare": ("loading", 0.05),
+    "feature_engineering": ("feature_engineering", 0.1),
+    "transform": ("feature_engineering", 0.45),
+    "model_search": ("model_search", 0.5),
+    "evaluate": ("scoring", 0.9),
+    "save": ("scoring", 0.95),
+}
 
-    def __init__(self, rss: PeakRSS) -> None:
+#: ``progress(fraction, phase)``, called as each phase starts
+ProgressCallback = Callable[[float, str], None]
+
+
+class Phases:
+    """Wall time per named phase; tells the RSS sampler which phase its samples belong to,
+    and ``progress`` (if any) which public phase the job is in."""
+
+    def __init__(self, rss: PeakRSS, progress: ProgressCallback | None = None) -> None:
         self.seconds: dict[str, float] = {}
         self.rss = rss
+        self.progress = progress
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
+        public = PROGRESS_PHASES.get(name.rsplit("_", 1)[0]) or PROGRESS_PHASES.get(name)
+        if self.progress is not None and public is not None:
+            self.progress(public[1], public[0])
         self.rss.sample()  # the previous phase's last reading
         self.rss.phase = name
         try:
@@ -111,6 +132,7 @@ def run_automl(
     *,
     settings: Settings | None = None,
     lightweight_reason: str = "",
+    progress: ProgressCallback | None = None,
 ) -> AutoMLResult:
     """Train and evaluate on ``data_path`` (inside the input root or an input URL); save the
     model (locally or to the ``s3://`` output root).
@@ -121,12 +143,14 @@ def run_automl(
         options: the validated request.
         settings: worker settings (paths, budget defaults, n_jobs, address-space cap).
         lightweight_reason: start in lightweight mode for this reason (the memory guard's).
+        progress: called ``(fraction, phase)`` as each phase starts: loading,
+            feature_engineering, model_search, scoring.
     """
     settings = settings or get_settings()
     budget = options.memory_budget_mb or settings.automl_memory_budget_mb
     with PeakRSS() as rss, address_space_cap(settings.automl_address_space_headroom_mb):
         limit_mb = rss.baseline_mb + budget  # the job's own growth, not the child's history
-        phases = Phases(rss)
+        phases = Phases(rss, progress)
         try:
             with phases("load"):
                 table = load_training_table(

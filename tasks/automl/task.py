@@ -10,6 +10,7 @@ plan does not fit the budget or raises ``MemoryError``); prediction engineers an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,14 +56,19 @@ class TrainAutoML:
     ) -> list[Outcome]:
         registry.get(REGISTRY_NAME)  # a worker on a non-family queue has not preloaded it
         out: list[Outcome] = []
-        for item, job_id in zip(items, context.job_ids, strict=True):
+        for index, (item, job_id) in enumerate(zip(items, context.job_ids, strict=True)):
             options = item.options
             if options.artifact_name is None:  # a redelivered job overwrites its own model
                 if not _ARTIFACT_NAME.match(job_id):
                     raise InvalidInput("artifact_name", f"job id {job_id!r} is not usable as one")
                 options = dataclasses.replace(options, artifact_name=job_id)
             reason = mode.reason if mode.lightweight else ""
-            result = run_automl(item.data_path, options, lightweight_reason=reason)
+            result = run_automl(
+                item.data_path,
+                options,
+                lightweight_reason=reason,
+                progress=functools.partial(_report, context, index),
+            )
             ran = RunMode(result.mode, result.mode_reason)
             out.append(Produced(result.as_dict(), REGISTRY_NAME, ran))
         return out
@@ -95,6 +101,10 @@ class PredictAutoML:
                 payload["predictions_path"] = _write_predictions(predictions, settings, job_id)
             out.append(Produced(payload, REGISTRY_NAME, mode))
         return out
+
+
+def _report(context: RunContext, index: int, fraction: float, phase: str) -> None:
+    context.progress(index, fraction, phase)
 
 
 def _check_url(raw: str, settings: Settings) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from config import Settings, get_settings
+from config import get_settings
 from worker.cli.stack import LocalStack, local_stack
 from worker.client import Job, JobFailed, MLClient
 from worker.families import load_families
@@ -70,7 +70,7 @@ def run_demo(timeout: float) -> int:
     with local_stack(settings) as stack:
         for queue in load_families(settings).queues:
             stack.start_worker(queue, work / "logs", env)
-        client = MLClient(app=_client_app(stack.url))
+        client = MLClient(app=stack.control_app())
         started = time.perf_counter()
         jobs = submit_all(client, work / "input")
         outcomes = wait_all(jobs, stack, timeout)
@@ -90,9 +90,3 @@ def run_demo(timeout: float) -> int:
     Console().print(table)
     print(json.dumps(outcomes, ensure_ascii=False, indent=2, default=str))
     return 1 if failed else 0
-
-
-def _client_app(url: str) -> Any:
-    from worker.app import build_app
-
-    return build_app(Settings(redis_url=url))  # type: ignore[arg-type]

@@ -56,8 +56,12 @@ def wait_for(job: Job, timeout: float) -> dict[str, Any]:
         handle = bar.add_task(f"{job.task} {job.id[:8]} PENDING", total=1.0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            state = job.state
-            bar.update(handle, completed=job.progress() or 0.0, description=f"{job.task} {state}")
+            meta = job.meta()
+            state, info = str(meta["status"]), meta.get("result")
+            done = job.progress() or 0.0
+            step = info.get("phase") if state == "PROGRESS" and isinstance(info, dict) else None
+            said = f"{job.task} {state}" + (f" ({step})" if step else "")
+            bar.update(handle, completed=done, description=said)
             if state in ("SUCCESS", "FAILURE"):
                 break
             time.sleep(0.2)

@@ -8,7 +8,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -80,40 +80,60 @@ def up(
     queues: QueuesOption = ALL_QUEUES,
     flower: Annotated[bool, typer.Option(help="Start Flower too.")] = True,
     metrics: Annotated[bool, typer.Option(help="Start the Prometheus exporter too.")] = True,
-    log_dir: Annotated[Path | None, typer.Option(help="Write child logs here.")] = None,
+    log_dir: Annotated[
+        Path | None, typer.Option(help="Child logs go here (default: STATE_DIR/logs).")
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Child logs on this terminal, not in files.")
+    ] = False,
+    ready_timeout: Annotated[
+        float, typer.Option(help="Seconds every component gets to answer before up gives up.")
+    ] = 300.0,
 ) -> None:
     """Run the local stack: Redis (embedded unless configured), a worker per queue, Flower
-    and the metrics exporter.
+    and the metrics exporter; one line per component once it answers, then "ready".
 
     Ctrl-C (or SIGTERM) stops every process it started, the redis-server last.
     """
-    from worker.cli.stack import local_stack
+    from worker.cli.broker import private_state_dir
+    from worker.cli.stack import FLOWER_PASSWORD_FILE, FLOWER_USER, local_stack
 
     settings = get_settings()
     names = [q.strip() for q in queues.split(",") if q.strip()]
-    if log_dir:
-        log_dir.mkdir(parents=True, exist_ok=True)
+    logs = None if verbose else (log_dir or private_state_dir(settings) / "logs")
+    if logs:
+        logs.mkdir(parents=True, exist_ok=True)
     try:
         with local_stack(settings) as stack:
-            typer.echo(f"broker {_redact(stack.url)}", err=True)
+            line = "{:<16} {}".format
+            typer.echo(line("broker", _redact(stack.url)), err=True)
             for queue in names:
-                stack.start_worker(queue, log_dir, {})
+                stack.start_worker(queue, logs, {})
             if flower:
-                stack.start_flower(log_dir)
-                typer.echo(
-                    f"flower http://{settings.flower_address}:{settings.flower_port}", err=True
-                )
+                stack.start_flower(logs)
             if metrics:
-                stack.start_metrics(log_dir)
-                typer.echo(
-                    f"metrics http://{settings.metrics_address}:{settings.metrics_port}/metrics",
-                    err=True,
-                )
-            typer.echo("up; Ctrl-C stops everything", err=True)
-            while not stack.dead():
-                time.sleep(0.5)
-            for child in stack.dead():
-                typer.echo(f"{child.name} exited with {child.process.returncode}", err=True)
+                stack.start_metrics(logs)
+            if logs:
+                typer.echo(line("logs", f"{logs}/<component>.log"), err=True)
+
+            def ready(child: Any) -> None:
+                where = child.address or ""
+                if child.name == "flower" and not settings.flower_basic_auth:
+                    password = private_state_dir(settings) / FLOWER_PASSWORD_FILE
+                    where += f"  (login {FLOWER_USER}, password in {password})"
+                typer.echo(line(child.name, where), err=True)
+
+            missing = stack.wait_ready(ready_timeout, ready)
+            if not missing:
+                typer.echo("ready; Ctrl-C stops everything", err=True)
+                while not stack.dead():
+                    time.sleep(0.5)
+                missing = stack.dead()
+            for child in missing:
+                code = child.process.poll()
+                said = f"exited with {code}" if code is not None else "did not answer in time"
+                log = f"; log: {child.log_path}" if child.log_path else ""
+                typer.echo(f"{child.name} {said}{log}", err=True)
             raise typer.Exit(1)
     except KeyboardInterrupt:
         typer.echo("stopped", err=True)
