@@ -121,7 +121,8 @@ class LocalStack:
                         waiting.remove(child)
                         ready(child)
             time.sleep(READY_POLL_S)
-        return self.dead() + waiting
+        dead = self.dead()
+        return dead + [c for c in waiting if c not in dead]
 
     def start_flower(self, log_dir: Path | None) -> Child:
         s = self.settings
