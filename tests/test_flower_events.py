@@ -97,10 +97,10 @@ def test_shown_cuts_long_strings_and_keeps_a_chosen_repr() -> None:
     assert shown(kwargs, "", 1024) == redacted  # no header (celery-node, hybrid messages)
     assert shown(kwargs, HIDDEN, 1024) == HIDDEN
     assert shown(["x" * 300], saferepr(("x" * 300,), 1024), 1024) == repr(
-        [f"{'x' * 200}…(300 chars)"]
+        (f"{'x' * 200}…(300 chars)",)
     )
     assert len(shown({str(i): ["y" * 300] * 40 for i in range(40)}, "", 1024)) < 2100
-    assert shown([], "()", 1024) == "[]"
+    assert shown([], "()", 1024) == "()"
 
 
 def _workers_page(base: str) -> dict[str, dict[str, Any]]:
@@ -148,7 +148,7 @@ def test_flower_shows_batched_jobs_whole(
         assert "'tags'" in task["result"] and len(task["result"]) <= 2100, task
         assert task["retries"] == 0, task
         assert len(task["kwargs"]) < 400, task  # never the payload
-        assert task["args"] == "[]", task
+        assert task["args"] == "()", task  # as Celery's own task-sent shows it
     long_shown = tasks[ids[0]]["kwargs"]
     assert f"…({len(LONG_TEXT)} chars)" in long_shown and "'top_n': 3" in long_shown
     assert LONG_TEXT[:200] in long_shown and LONG_TEXT not in long_shown

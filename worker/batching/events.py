@@ -71,6 +71,8 @@ def shown(value: Any, header: Any, default_maxsize: int) -> str:
             defaults.add(saferepr(tuple(value), default_maxsize))
         if header not in defaults:
             return _bounded(header)
+    if isinstance(value, list):  # shown as the client's task-sent shows it: "()", not "[]"
+        value = tuple(value)
     return _bounded(_REDACTING.repr(value))
 
 
