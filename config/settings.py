@@ -197,8 +197,10 @@ class Settings(BaseSettings):
     transcribe_time_limit_s: int = Field(1800, description="Hard time limit per transcribe job.")
     whisper_batched: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="faster-whisper's BatchedInferencePipeline for long audio and grouped short "
-        "clips; auto = on (faster here on CPU too, see README measurements).",
+        description="faster-whisper's BatchedInferencePipeline for audio over 30 s and for "
+        "short clips grouped into one call; auto = long audio batched on CUDA only (on CPU "
+        "plain decoding was as fast and is the accuracy reference: python -m "
+        "bench.speech_quality), short clips grouped on every device; off = neither.",
     )
     whisper_batched_chunks: int = Field(
         8, ge=1, description="30 s chunks per BatchedInferencePipeline call (long audio)."

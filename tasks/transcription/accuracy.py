@@ -24,12 +24,23 @@ from tasks.transcription.options import AudioSource, TranscribeOptions
 
 #: fixtures shipped with the repository (tests/fixtures/audio)
 DEFAULT_FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "audio"
-_PUNCTUATION = re.compile(r"[^\w\s']")
+#: anything but letters, digits, apostrophes and spaces; "and/or", "black-red" split in two
+_PUNCTUATION = re.compile(r"[^\w\s']|_")
+#: spoken forms Whisper abbreviates; references (LibriSpeech) spell them out as read
+_SPOKEN = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint"}
+
+
+def normalize_text(text: str) -> str:
+    """Words as WER counts them: case-folded, punctuation gone, apostrophes kept inside a
+    word ("quilter's"), honorifics spelled out; numbers are compared as written, so a
+    reference writes them the way its transcript does."""
+    text = text.casefold().replace("\u2019", "'")
+    words = (w.strip("'") for w in _PUNCTUATION.sub(" ", text).split())
+    return " ".join(_SPOKEN.get(w, w) for w in words if w)
 
 
 def _words(text: str) -> list[str]:
-    """Lower case, punctuation dropped: WER counts words, not commas."""
-    return _PUNCTUATION.sub(" ", text.lower()).split()
+    return normalize_text(text).split()
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:

@@ -36,6 +36,9 @@ def submit_transcribe(
     inline: Annotated[bool, typer.Option("--inline", help="Send the file as audio_b64.")] = False,
     language: str | None = None,
     output_format: Annotated[list[str] | None, typer.Option("--format")] = None,
+    multilingual: Annotated[
+        bool, typer.Option("--multilingual", help="Speech changes language: report where.")
+    ] = False,
     wait: WaitOption = False,
     job_id: JobIdOption = None,
     timeout: TimeoutOption = 1800.0,
@@ -45,10 +48,20 @@ def submit_transcribe(
     if inline:
         b64 = base64.b64encode(Path(audio).read_bytes()).decode()
         job = ml.transcribe(
-            audio_b64=b64, language=language, output_formats=output_format, job_id=job_id
+            audio_b64=b64,
+            language=language,
+            output_formats=output_format,
+            multilingual=multilingual,
+            job_id=job_id,
         )
     else:
-        job = ml.transcribe(audio, language=language, output_formats=output_format, job_id=job_id)
+        job = ml.transcribe(
+            audio,
+            language=language,
+            output_formats=output_format,
+            multilingual=multilingual,
+            job_id=job_id,
+        )
     finish(job, wait, timeout, HINTS)
 
 

@@ -20,6 +20,7 @@ def transcribe(
     beam_size: int | None = None,
     vad_filter: bool = True,
     word_timestamps: bool = False,
+    multilingual: bool = False,
     output_formats: list[str] | None = None,
     job_id: str | None = None,
     **options: Any,
@@ -30,6 +31,7 @@ def transcribe(
         "task": task,
         "vad_filter": vad_filter,
         "word_timestamps": word_timestamps,
+        "multilingual": multilingual,
         **options,
     }
     for name, value in (

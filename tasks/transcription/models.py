@@ -55,13 +55,30 @@ def compute_type(settings: Settings, device: str, *, lightweight: bool = False) 
 
 
 def use_batched(settings: Settings, device: str) -> bool:
-    """Whether long audio and grouped clips go through ``BatchedInferencePipeline``.
+    """Whether audio over one window goes through batched decoding rather than the plain path.
 
-    ``auto`` is on: measured on this project's 2-core CPU, 16 grouped short clips took 0.60x
-    the one-at-a-time time batched (1.14x plain) and a 35 s clip 0.90x; set ``off`` on CPUs
-    where batching is slower (faster-whisper#917, #1167). ``device`` is kept for that choice.
+    ``auto`` is on only on CUDA. On this project's 2-core CPU (``python -m
+    bench.speech_quality``, all compute types alternated in one run, two runs) batched took
+    0.82x-1.18x the plain time on the > 30 s clips, no steady gain either way, and its WER
+    matched plain's only once chunks the decoder cut short are re-decoded (before that it
+    lost a whole sentence of a 30 s reading: WER 0.14 against 0.01). Plain is the accuracy
+    reference, so it is the CPU default. On a GPU one call's chunks share the encoder and
+    decoder batch, where batching pays (faster-whisper's published figures); no GPU was lent
+    to this project's sessions, so that side is not measured here.
     """
-    del device
+    if settings.whisper_batched == "auto":
+        return device == "cuda"
+    return settings.whisper_batched == "on"
+
+
+def use_grouping(settings: Settings, device: str) -> bool:
+    """Whether short clips that arrive together share one batched call (one chunk each).
+
+    ``auto`` is on everywhere: each clip is one chunk decoded as the plain path would decode
+    it (short clips need no seeking), its tail finished if cut short, and 16 grouped clips
+    took 0.60x the one-at-a-time time on the 2-core CPU (README measurements).
+    """
+    del device  # kept for the same choice as ``use_batched`` if a device ever disagrees
     return settings.whisper_batched != "off"
 
 
@@ -80,6 +97,7 @@ def _load(model_id: str, settings: Settings, *, lightweight: bool) -> Loaded:
         "compute_type": compute,
         "cpu_threads": threads,
         "batched": use_batched(settings, device),
+        "grouped": use_grouping(settings, device),
     }
     return Loaded(model, model_id, f"ctranslate2-{device}-{compute}", details)
 

@@ -23,6 +23,7 @@ from config import Settings
 from tasks.transcription.formats import to_srt, to_vtt
 from tasks.transcription.results import TranscriptSegment as TranscriptSegment  # re-export
 from tasks.transcription.results import Word as Word  # re-export
+from tasks.transcription.results import spans
 from worker.errors import InputTooLarge, InvalidInput
 from worker.storage import ObjectURL, confine_input
 from worker.validation import RequestModel, context_value
@@ -50,6 +51,8 @@ class TranscribeOptions:
     word_timestamps: bool = False
     initial_prompt: str | None = None
     output_formats: tuple[OutputFormat, ...] = DEFAULT_FORMATS
+    #: re-detect the language every window (faster-whisper's option) and say where it changes
+    multilingual: bool = False
 
     def lighter(self) -> TranscribeOptions:
         """The lightweight-mode variant: greedy decoding (beam 1) keeps memory small."""
@@ -115,12 +118,25 @@ class TranscriptResult:
             out["words"] = [asdict(w) for s in self.segments for w in s.words or ()]
         if self.trimmed_from_s is not None:
             out["trimmed_from_s"] = round(self.trimmed_from_s, 3)
+        if self.options.multilingual:
+            out["language_spans"] = [
+                {
+                    "language": span.language,
+                    "start": span.start,
+                    "end": span.end,
+                    "probability": round(span.probability, 4),
+                }
+                for span in spans(self.segments)
+            ]
         out.update(self.extra)
         return out
 
 
 def _segment_dict(segment: TranscriptSegment) -> dict[str, Any]:
-    return {"start": segment.start, "end": segment.end, "text": segment.text}
+    out: dict[str, Any] = {"start": segment.start, "end": segment.end, "text": segment.text}
+    if segment.language is not None:
+        out["language"] = segment.language
+    return out
 
 
 _DEFAULTS = TranscribeOptions()
@@ -139,6 +155,8 @@ class TranscribeRequest(RequestModel):
     vad_filter: bool = _DEFAULTS.vad_filter
     word_timestamps: bool = _DEFAULTS.word_timestamps
     initial_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    #: speech that changes language: detect it per window, report ``language_spans``
+    multilingual: bool = _DEFAULTS.multilingual
     output_formats: Annotated[tuple[OutputFormat, ...], Strict(False), Field(min_length=1)] = (
         DEFAULT_FORMATS
     )
@@ -166,7 +184,7 @@ class TranscribeRequest(RequestModel):
         settings: Settings | None = context_value(info, "settings")
         return None if settings is None else settings.whisper_beam_size
 
-    @field_validator("vad_filter", "word_timestamps", mode="before")
+    @field_validator("vad_filter", "word_timestamps", "multilingual", mode="before")
     @classmethod
     def _null_is_default(cls, value: object, info: ValidationInfo) -> object:
         return cls.model_fields[str(info.field_name)].default if value is None else value
@@ -196,6 +214,7 @@ class TranscribeRequest(RequestModel):
             word_timestamps=self.word_timestamps,
             initial_prompt=self.initial_prompt,
             output_formats=self.output_formats,
+            multilingual=self.multilingual,
         )
 
 

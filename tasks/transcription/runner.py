@@ -20,7 +20,12 @@ from faster_whisper import WhisperModel
 from config import Settings
 from tasks.transcription import pipeline
 from tasks.transcription.audio import DecodedAudio, DurationPolicy, load_audio
-from tasks.transcription.models import WHISPER, WHISPER_LIGHTWEIGHT, use_batched
+from tasks.transcription.models import (
+    WHISPER,
+    WHISPER_LIGHTWEIGHT,
+    use_batched,
+    use_grouping,
+)
 from tasks.transcription.options import TranscribeOptions, TranscriptionJob, TranscriptResult
 from worker.errors import JobError
 from worker.handler import NORMAL, RunMode
@@ -86,9 +91,11 @@ class TranscriptionRunner:
         """Short clips as one group, long ones one by one; a MemoryError in a unit marks
         just that unit's jobs ``out_of_memory``."""
         loaded = registry.get(WHISPER)
-        batched = use_batched(self.settings, str(loaded.details.get("device", "cpu")))
+        device = str(loaded.details.get("device", "cpu"))
+        batched = use_batched(self.settings, device)
         short = [j for j in jobs if j.audio.duration_s <= pipeline.WINDOW_S]
-        units = [short] if batched and len(short) > 1 else [[j] for j in short]
+        grouped = use_grouping(self.settings, device) and len(short) > 1
+        units = [short] if grouped else [[j] for j in short]
         units += [[j] for j in jobs if j.audio.duration_s > pipeline.WINDOW_S]
         for unit in units:
             try:
