@@ -94,7 +94,8 @@ def test_submit_wait_prints_the_job_id_first(
     workers: list[WorkerProcess], worker_env: dict[str, str]
 ) -> None:
     """`submit --wait` names the job on stderr before waiting; stdout stays the JSON result."""
-    out = _cli(worker_env, "submit", "tags", "Redis queues feed Celery workers.", "--wait")
+    text = "Redis queues feed Celery workers that transcribe audio and train models on tables."
+    out = _cli(worker_env, "submit", "tags", text, "--wait")
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)["tags"]) == 5
     found = UUID.match(out.stderr)

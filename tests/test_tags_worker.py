@@ -6,6 +6,7 @@ import json
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,8 @@ TASK = "tasks.extract_tags"
 BATCH_FLUSH_S = "30"  # long: only a full batch (64) flushes, so a send cannot straddle a tick
 COUNT_ONLY = {"MLWORKER_TAGS_FLUSH_INTERVAL_S": BATCH_FLUSH_S, "MLWORKER_BATCH_IDLE_FLUSH_S": "0"}
 RESULT_TIMEOUT_S = 240
+#: the project's seed documents (tests/fixtures/text/README.md)
+SEEDS = Path(__file__).parent / "fixtures" / "text" / "seeds"
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +113,20 @@ class TestBatchedWorker:
         payloads = [r.get(timeout=RESULT_TIMEOUT_S) for r in results]
         assert all(len(p["tags"]) == 5 for p in payloads)
         assert {p["batch"]["size"] for p in payloads} == {63}, "all 63 ran as one batch"
+
+    def test_korean_and_japanese_seeds_in_one_batch_name_their_language(
+        self, worker: WorkerProcess, client_app: Celery, expected: Callable[..., Any]
+    ) -> None:
+        """The five real seed documents (one Korean, four Japanese) among 59 English ones:
+        one batch, each result naming its language, tags as in-process."""
+        seeds = [p.read_text(encoding="utf-8") for p in sorted(SEEDS.glob("*.txt"))]
+        docs = [*seeds, *documents(59)]
+        payloads = [
+            r.get(timeout=RESULT_TIMEOUT_S) for r in _send(client_app, [{"text": d} for d in docs])
+        ]
+        assert [p["language"] for p in payloads[:5]] == ["ja", "ja", "ja", "ko", "ja"]
+        assert [p["tags"] for p in payloads] == expected(docs)
+        assert {p["batch"]["size"] for p in payloads} == {64}
 
     def test_options_travel_per_request(self, worker: WorkerProcess, client_app: Celery) -> None:
         """Batch-mates with different options each get tags cut by their own options."""

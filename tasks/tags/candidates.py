@@ -1,33 +1,48 @@
-"""Keyphrase candidates cut from one document alone, for English-like text and Japanese.
+"""Keyphrase candidates cut from one document alone, for English-like text, Japanese and Korean.
 
 KeyBERT's list mode fits one CountVectorizer over every document it is given, so a
 document's candidates depend on its batch-mates. Here each document yields its own
-candidates: runs of content words (stopwords, numbers and punctuation break a run), and the
-n-grams inside each run. Japanese text is segmented with fugashi (unidic-lite); only noun
-runs become candidates, so particles and auxiliaries never do.
+candidates: runs of content words, and the n-grams inside each run. A run ends at a
+stopword, a number, punctuation, a line break, or where code, a URL or an e-mail address
+was (``prose_of``). English-like text is cut on word boundaries and lower-cased (as KeyBERT's
+vectorizer does); Japanese is segmented with fugashi and Korean with kiwipiepy, and only noun
+runs become candidates there, so particles, endings and verbs never do. Code identifiers
+stay whole and a possessive ``'s`` is dropped in every language; phrases that differ only in
+case are one candidate.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
 
+from tasks.tags.japanese import japanese_tokens
+from tasks.tags.korean import korean_tokens
+from tasks.tags.language import detect_language
 from tasks.tags.options import TagOptions
+from tasks.tags.prose import WORD, prose_of, without_possessive
+from tasks.tags.tokens import Token, overlay_latin, word_role
+
+__all__ = ["MAX_CANDIDATES", "Candidates", "candidates_for", "detect_language", "stopwords"]
 
 #: candidates kept per document (most frequent first): bounds encode cost on long texts
 MAX_CANDIDATES = 512
-#: share of Japanese script among letters above which "auto" picks Japanese
-_JA_SHARE = 0.3
-_WORD = re.compile(r"\w+(?:['’-]\w+)*")
-#: clause boundaries: an n-gram never spans one
-_CLAUSE_BREAK = re.compile(r"[^\w\s'’-]+")
-_JA_SCRIPT = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff66-\uff9f]")
+#: languages segmented by a morphological analyser: phrases join without spaces, and a
+#: one-character phrase is a particle-sized fragment, never a useful tag
+_SEGMENTED = ("ja", "ko")
+#: one piece of a phrase: its form and whether a space stood before it in the text
+Piece = tuple[str, bool]
+_KATAKANA = re.compile(r"[\u30a0-\u30ff]+")
+#: words written together that are one word: any nouns in Korean, whose words are spaced
+#: (「평균풀링」, however Kiwi splits it), katakana in Japanese (「ランタイム」, not ラン + タイム)
+_GLUED: dict[str, Callable[[str, str], bool]] = {
+    "ko": lambda before, word: True,
+    "ja": lambda before, word: bool(_KATAKANA.fullmatch(before) and _KATAKANA.fullmatch(word)),
+}
 
 
 @dataclass(frozen=True)
@@ -36,19 +51,8 @@ class Candidates:
 
     phrases: tuple[str, ...]
     language: str
-
-
-def detect_language(text: str) -> str:
-    """'ja' when kana and kanji make up at least ``_JA_SHARE`` of the letters, else 'en'.
-
-    Good enough to route the tokenizer: every non-Japanese text is cut on word boundaries
-    (only the stopword list is English-specific); kanji-only Chinese is routed to fugashi.
-    """
-    letters = [ch for ch in text if ch.isalpha()]
-    if not letters:
-        return "en"
-    japanese = sum(1 for ch in letters if _JA_SCRIPT.match(ch))
-    return "ja" if japanese / len(letters) >= _JA_SHARE else "en"
+    #: the words each phrase is made of, case-folded (in Japanese and Korean: its nouns)
+    words: tuple[frozenset[str], ...]
 
 
 def candidates_for(
@@ -57,19 +61,28 @@ def candidates_for(
     """The candidate phrases of ``text`` alone (never influenced by other documents), the
     ``max_candidates`` most frequent."""
     language = detect_language(text) if options.language == "auto" else options.language
-    join: Callable[[list[str]], str]
-    if language == "ja":
-        runs = _japanese_runs(text, options.stopwords)
-        join = _join_japanese
-    else:
-        runs = _word_runs(text, stopwords("en") if options.stopwords and language == "en" else ())
-        join = " ".join
+    prose = prose_of(text)
     low, high = options.ngram_range
-    phrases = _ngrams(runs, low, high, join)
-    if language == "ja":
-        # a single character is a particle-sized fragment, never a useful Japanese tag
-        phrases = [p for p in phrases if len(p) >= 2 and not _is_stopword(p, options)]
-    return Candidates(phrases=_most_frequent(phrases, max_candidates), language=language)
+    tokens = tokens_for(prose, language, options.stopwords)
+    runs = runs_of(prose, tokens, _GLUED.get(language))
+    phrases = ngrams(runs, low, high)
+    if language in _SEGMENTED:
+        own = stopwords(language) if options.stopwords else frozenset()
+        phrases = [(p, w) for p, w in phrases if len(p) >= 2 and p not in own]
+    kept = most_frequent(phrases, max_candidates)
+    return Candidates(
+        phrases=tuple(p for p, _ in kept), language=language, words=tuple(w for _, w in kept)
+    )
+
+
+def tokens_for(prose: str, language: str, use_stopwords: bool) -> list[Token]:
+    """The tokens of ``prose`` for ``language``; Latin words cut alike in every language."""
+    english = stopwords("en") if use_stopwords else frozenset()
+    if language not in _SEGMENTED:
+        return list(_word_tokens(prose, english if language == "en" else frozenset()))
+    own = stopwords(language) if use_stopwords else frozenset()
+    segmented = japanese_tokens(prose, own) if language == "ja" else korean_tokens(prose, own)
+    return overlay_latin(prose, segmented, english)
 
 
 @cache
@@ -82,90 +95,86 @@ def stopwords(language: str) -> frozenset[str]:
     return frozenset(w.strip() for w in lines if w.strip() and not w.startswith("#"))
 
 
-def _is_stopword(phrase: str, options: TagOptions) -> bool:
-    return options.stopwords and phrase in stopwords("ja")
+def _word_tokens(text: str, stop: Collection[str]) -> Iterable[Token]:
+    """Lower-cased words, possessive ``'s`` stripped; what lies between them is a gap."""
+    for found in WORD.finditer(text):
+        form = without_possessive(found.group()).lower()
+        yield Token(form, found.start(), found.end(), word_role(form, stop))
 
 
-def _word_runs(text: str, stop: Iterable[str]) -> list[list[str]]:
-    """Lower-cased word runs; stopwords, numbers and one-letter tokens end a run."""
-    stop = frozenset(stop)
-    runs: list[list[str]] = []
-    for clause in _CLAUSE_BREAK.split(unicodedata.normalize("NFKC", text)):
-        run: list[str] = []
-        for word in _WORD.findall(clause.lower()):
-            if len(word) < 2 or word.isdigit() or word in stop:
-                runs.append(run)
-                run = []
-            else:
-                run.append(word)
-        runs.append(run)
-    return [r for r in runs if r]
+def runs_of(
+    text: str, tokens: Iterable[Token], glued: Callable[[str, str], bool] | None = None
+) -> list[list[Piece]]:
+    """Maximal runs of phrase words; a gap with anything but spaces and tabs ends a run.
 
-
-def _japanese_runs(text: str, use_stopwords: bool) -> list[list[str]]:
-    """Runs of nouns, with their prefixes and noun-like suffixes, from fugashi's segmentation.
-
-    Particles, auxiliaries, verbs, numbers, symbols and stopwords end a run.
+    A prefix joins the word after it and a suffix the word before it into one piece
+    (「量子」+「化」 is 「量子化」), so an n-gram never ends between a noun and its suffix.
+    So do two words written together for which ``glued(before, word)`` holds.
     """
-    stop = stopwords("ja") if use_stopwords else frozenset()
-    runs: list[list[str]] = []
-    run: list[tuple[str, str]] = []  # (surface, pos1)
-    for word in _tagger()(unicodedata.normalize("NFKC", text)):
-        surface, pos1, pos2 = str(word.surface), word.feature.pos1, word.feature.pos2
-        if _joins_noun_run(pos1, pos2, bool(run)) and surface not in stop:
-            run.append((surface, pos1))
+    runs: list[list[Piece]] = []
+    run: list[Piece] = []
+    prefixes: list[Piece] = []  # waiting for their word
+    end = 0
+    for token in tokens:
+        gap = text[end : token.start]
+        end = token.end
+        spaced = bool(gap) and bool(run or prefixes)
+        ends_run = token.role == "break" or bool(gap.strip(" \t")) or "\n" in gap
+        extends = token.role == "suffix" or (
+            token.role == "word" and not gap and run and glued and glued(run[-1][0], token.form)
+        )
+        if extends and not ends_run and run and not prefixes:
+            run[-1] = (_joined([run[-1], (token.form, spaced)]), run[-1][1])
             continue
-        runs.append(_without_trailing_prefixes(run))
-        run = []
-    runs.append(_without_trailing_prefixes(run))
+        if ends_run or token.role == "suffix":
+            runs.append(run)
+            run, prefixes = [], []
+            spaced = False
+        if token.role == "prefix":
+            prefixes.append((token.form, spaced))
+        elif token.role == "word":
+            pieces = [*prefixes, (token.form, spaced)]
+            run.append((_joined(pieces), pieces[0][1]))
+            prefixes = []
+    runs.append(run)
     return [r for r in runs if r]
 
 
-def _joins_noun_run(pos1: str, pos2: str, in_run: bool) -> bool:
-    if pos1 == "名詞":
-        return pos2 != "数詞"
-    if pos1 == "接尾辞":  # 「的」「者」「化」 only extend a noun already started
-        return in_run and pos2 == "名詞的"
-    return pos1 == "接頭辞"
+#: a phrase and its words, case-folded
+Phrase = tuple[str, frozenset[str]]
 
 
-def _without_trailing_prefixes(run: list[tuple[str, str]]) -> list[str]:
-    """A prefix such as 「新」 or 「各」 with no noun after it is no part of a phrase."""
-    while run and run[-1][1] == "接頭辞":
-        run = run[:-1]
-    return [surface for surface, _ in run]
-
-
-def _ngrams(
-    runs: Iterable[list[str]], low: int, high: int, join: Callable[[list[str]], str]
-) -> list[str]:
-    """Every n-gram (low <= n <= high) inside each run, in document order."""
-    out: list[str] = []
+def ngrams(runs: Iterable[list[Piece]], low: int, high: int) -> list[Phrase]:
+    """Every n-gram (low <= n <= high) inside each run, in document order, with its words."""
+    out: list[Phrase] = []
     for run in runs:
         for n in range(low, min(high, len(run)) + 1):
-            out.extend(join(run[i : i + n]) for i in range(len(run) - n + 1))
+            for i in range(len(run) - n + 1):
+                pieces = run[i : i + n]
+                out.append((_joined(pieces), frozenset(f.casefold() for f, _ in pieces)))
     return out
 
 
-def _join_japanese(tokens: list[str]) -> str:
-    """Japanese morphemes join without spaces; two Latin words in a row keep theirs."""
-    out = tokens[0]
-    for token in tokens[1:]:
-        out += " " + token if out[-1].isascii() and token[0].isascii() else token
-    return out
+def _joined(pieces: Sequence[Piece]) -> str:
+    """Pieces as the text had them: a space where there was one (Japanese and Korean
+    morphemes of one word join without)."""
+    return pieces[0][0] + "".join(f" {form}" if spaced else form for form, spaced in pieces[1:])
 
 
-def _most_frequent(phrases: list[str], limit: int) -> tuple[str, ...]:
-    """Distinct phrases, most frequent first, ties in order of first appearance."""
-    counts = Counter(phrases)
-    first = {p: i for i, p in reversed(list(enumerate(phrases)))}
-    ranked = sorted(counts, key=lambda p: (-counts[p], first[p]))
-    return tuple(ranked[:limit])
+def most_frequent(phrases: list[Phrase], limit: int) -> list[Phrase]:
+    """Distinct phrases, most frequent first, ties in order of first appearance.
 
-
-@cache
-def _tagger() -> Any:
-    """One fugashi Tagger per process (unidic-lite ships the dictionary; nothing downloads)."""
-    import fugashi
-
-    return fugashi.Tagger()
+    Phrases equal but for case (``FP16``, ``fp16``) are one, counted together, shown in
+    their most frequent form.
+    """
+    forms: dict[str, Counter[str]] = defaultdict(Counter)
+    first: dict[str, int] = {}
+    words: dict[str, frozenset[str]] = {}
+    for i, (phrase, phrase_words) in enumerate(phrases):
+        key = phrase.casefold()
+        forms[key][phrase] += 1
+        first.setdefault(key, i)
+        words.setdefault(key, phrase_words)
+    ranked = sorted(forms, key=lambda k: (-forms[k].total(), first[k]))
+    # Counter.most_common keeps first-seen order among equal counts
+    return [(forms[key].most_common(1)[0][0], words[key]) for key in ranked[:limit]]

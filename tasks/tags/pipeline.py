@@ -2,8 +2,9 @@
 
 Three steps: cut candidates per document (``candidates_for``), embed the union of documents
 and distinct candidates once (``embed_distinct``: deduplicated, bit-identical per text), then
-rank each document's own candidates against its own vector, by cosine similarity or by
-KeyBERT's MMR when ``diversity`` is set.
+rank each document's own candidates against its own vector: by cosine similarity, skipping
+a phrase that shares a word with a better one (``distinct_best``), or by KeyBERT's MMR when
+``diversity`` is set (MMR has its own way of keeping near-duplicates out).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tasks.tags.candidates import MAX_CANDIDATES, Candidates, candidates_for
 from tasks.tags.embedder import TextEncoder, Vector, embed_distinct
 from tasks.tags.mmr import mmr
 from tasks.tags.options import Tag, TagOptions, TagResult
+from tasks.tags.overlap import distinct_best
 
 #: decimals kept in a score (KeyBERT rounds to 4 as well)
 SCORE_DECIMALS = 4
@@ -62,7 +64,10 @@ def _rank(
         similarity = matrix @ doc_vector
         # ties broken by the phrase so the order never depends on float noise in argsort
         order = sorted(range(len(phrases)), key=lambda i: (-float(similarity[i]), phrases[i]))
-        ranked = [(phrases[i], float(similarity[i])) for i in order[: options.top_n]]
+        spaced = candidates.language not in ("ja", "ko")
+        words = candidates.words
+        best = ((phrases[i], float(similarity[i]), words[i]) for i in order)
+        ranked = distinct_best(best, options.top_n, spaced=spaced)
     else:
         ranked = mmr(doc_vector.reshape(1, -1), matrix, phrases, options.top_n, options.diversity)
     rounded = [
