@@ -19,7 +19,9 @@ from worker.registry import registry
 PLAIN_TASK = "bench.extract_tags_plain"
 
 
-@app.task(name=PLAIN_TASK, acks_late=True)
+# family: the worker's message guard runs only tasks of a family served here (worker.protocol
+# .served_by); the baseline counts as the tags family's, as a user's own task on it would
+@app.task(name=PLAIN_TASK, acks_late=True, family="tags")
 def extract_tags_plain(**kwargs: Any) -> dict[str, Any]:
     """What a user would write first: parse, tag one document, return it."""
     request = parse_request(kwargs, max_text_chars=get_settings().max_text_chars)

@@ -71,7 +71,9 @@ def latencies(stack: Stack, task: str, texts: list[str], rate: float) -> dict[st
         delay = started + index / rate - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        sent.append((time.time(), stack.celery.send_task(task, kwargs={"text": text})))
+        sent.append(
+            (time.time(), stack.celery.send_task(task, kwargs={"text": text}, queue="tags"))
+        )
     values = []
     for submitted, job in sent:
         job.get(timeout=900)

@@ -21,7 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from config import Settings
 from worker.admission import Action, Ticket, count_start, screen
-from worker.batching.rules import BufferState, should_flush, tick_s
+from worker.batching.rules import BufferState, should_flush, starts_at_once, tick_s
 from worker.errors import InsufficientMemory, InvalidInput, JobError
 from worker.execution import Executor
 from worker.families import BUILTIN_FAMILIES, load_families
@@ -89,6 +89,16 @@ def test_interval_caps_the_wait_and_zero_idle_is_the_plain_timer() -> None:
     assert should_flush(_state(last_arrival=0.1), 0.1, idle_s=0.0, interval_s=1.0)
     assert tick_s(idle_s=0.0, interval_s=0.2) == 0.2
     assert tick_s(idle_s=0.05, interval_s=0.2) == 0.025
+
+
+def test_a_lone_arrival_with_a_child_free_starts_at_once() -> None:
+    """Alone in the buffer with a child free: no idle wait. Behind another buffered request,
+    with every child busy, or with the plain timer (idle 0): the usual rules."""
+    assert starts_at_once(_state(buffered=1), idle_s=0.05)
+    assert not starts_at_once(_state(buffered=2), idle_s=0.05)
+    assert not starts_at_once(_state(buffered=1, in_flight=1), idle_s=0.05)
+    assert starts_at_once(_state(buffered=1, in_flight=1, children=2), idle_s=0.05)
+    assert not starts_at_once(_state(buffered=1), idle_s=0.0)
 
 
 # --- isolation -------------------------------------------------------------------------

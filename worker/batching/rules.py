@@ -4,7 +4,10 @@ celery-batches flushes when the buffer holds ``flush_every`` requests, and on a 
 mlworker adds the idle rule: a partial buffer is flushed once no request has arrived for
 ``idle_s`` *while a pool child is free*, so a lone job starts at once; with every child busy
 the buffer keeps filling (a flush could only queue behind the running batch).
-``interval_s`` still caps how long the oldest buffered request waits.
+``interval_s`` still caps how long the oldest buffered request waits. A request that
+arrives to an empty buffer with a child free does not wait out ``idle_s`` either
+(``starts_at_once``): nothing is there to group it with, and whatever arrives while it runs
+groups behind it, so batches still form under load.
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ def should_flush(state: BufferState, now: float, *, idle_s: float, interval_s: f
         return True
     quiet = now - state.last_arrival >= idle_s
     return quiet and state.in_flight < max(1, state.children)
+
+
+def starts_at_once(state: BufferState, *, idle_s: float) -> bool:
+    """Whether the request just buffered flushes on arrival: it is alone in the buffer and
+    a child is free (with the idle rule on; ``idle_s`` 0 keeps celery-batches' timer)."""
+    return idle_s > 0 and state.buffered == 1 and state.in_flight < max(1, state.children)
 
 
 def tick_s(*, idle_s: float, interval_s: float) -> float:

@@ -24,7 +24,7 @@ from celery_batches.trace import apply_batches_task
 from config import get_settings
 from worker.admission import Ticket
 from worker.batching.events import ReceivedBuffer, RequestEvents
-from worker.batching.rules import BufferState, should_flush, tick_s
+from worker.batching.rules import BufferState, should_flush, starts_at_once, tick_s
 from worker.errors import JobError
 from worker.execution import Executor
 from worker.handler import Handler
@@ -98,12 +98,24 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
             if started_timer and self._tref is not None and self.flush_idle_s > 0:
                 self._tref.cancel()
                 self._tref = consumer.timer.call_repeatedly(self._tick_s(), self._do_flush)
+            if starts_at_once(self._state(), idle_s=self.flush_idle_s):
+                self._first_arrival = None
+                super(IsolatedBatches, self)._do_flush()
 
         return handler
 
     def _do_flush(self) -> None:
         """celery-batches' flush, when the flush rule says so."""
-        state = BufferState(
+        now = time.monotonic()
+        if not should_flush(
+            self._state(), now, idle_s=self.flush_idle_s, interval_s=float(self.flush_interval)
+        ):
+            return
+        self._first_arrival = None
+        super()._do_flush()
+
+    def _state(self) -> BufferState:
+        return BufferState(
             buffered=self._buffer.qsize(),
             batch_size=int(self.flush_every),
             first_arrival=self._first_arrival,
@@ -111,13 +123,6 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
             in_flight=self._in_flight,
             children=int(getattr(self._pool, "num_processes", 1) or 1),
         )
-        now = time.monotonic()
-        if not should_flush(
-            state, now, idle_s=self.flush_idle_s, interval_s=float(self.flush_interval)
-        ):
-            return
-        self._first_arrival = None
-        super()._do_flush()
 
     def flush(self, requests: Collection[Request]) -> Any:
         """celery-batches' flush plus what happens when the child dies or times out.
