@@ -1,7 +1,9 @@
 """autofeat feature engineering on a planned sample, reusable on any rows afterwards.
 
 Columns that are constant on the sample stay out of autofeat (its standard scaling turns them
-into NaN, which its selection then refuses) and are appended to its output unchanged; a
+into NaN, which its selection then refuses) and are appended to its output unchanged, and so
+do, for classification, the columns it does not engineer from (its L1 logistic selection's time
+grows with every column it sees, see ``planner.CLASSIFICATION_SELECTION_UNITS``); a
 classification sample keeps ``MIN_TRAIN_ROWS_PER_CLASS`` rows of every class so autofeat's
 5-fold selection always has enough of each.
 """
@@ -74,6 +76,7 @@ def engineer_features(
     sample = matrix.iloc[rows].reset_index(drop=True)
     sample_target = target[rows]
     sample.columns = _symbols(len(matrix.columns))
+    full = sample
     constant = sample.max() == sample.min()
     aside = tuple(int(i) for i in np.flatnonzero(constant.to_numpy()))
     sample, kept_aside = _split_aside(sample, aside)
@@ -81,6 +84,10 @@ def engineer_features(
         fill = np.zeros(len(aside), dtype=np.float32)
         return EngineeredFeatures(None, list(matrix.columns), fill, aside)
     chosen = _strongest(sample, sample_target, task_type, plan.feateng_cols)
+    if task_type == "classification":  # selection time grows with every column it sees
+        others = [int(c[1:]) for c in sample.columns if c not in chosen]
+        aside = tuple(sorted((*aside, *others)))
+        sample, kept_aside = _split_aside(full, aside)
     factory = AutoFeatRegressor if task_type == "regression" else AutoFeatClassifier
     model = factory(
         feateng_cols=chosen,

@@ -15,6 +15,7 @@ becomes ``InvalidInput("data_path")`` (logged with its traceback).
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import time
@@ -97,25 +98,30 @@ PROGRESS_PHASES = {
     "save": ("scoring", 0.95),
 }
 
-#: ``progress(fraction, phase)``, called as each phase starts
+#: ``progress(fraction, phase)``, called as each phase starts and as model search moves on
 ProgressCallback = Callable[[float, str], None]
 
 
 class Phases:
     """Wall time per named phase; tells the RSS sampler which phase its samples belong to,
-    and ``progress`` (if any) which public phase the job is in."""
+    and ``progress`` (if any) which public phase the job is in and how far it is.
+
+    The fraction reported never goes back: a lightweight retry after a ``MemoryError``
+    reports feature_engineering and model_search again, at the fraction already reached.
+    """
 
     def __init__(self, rss: PeakRSS, progress: ProgressCallback | None = None) -> None:
         self.seconds: dict[str, float] = {}
         self.rss = rss
         self.progress = progress
+        self.fraction = 0.0
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
-        public = PROGRESS_PHASES.get(name.rsplit("_", 1)[0]) or PROGRESS_PHASES.get(name)
-        if self.progress is not None and public is not None:
-            self.progress(public[1], public[0])
+        public = _public_phase(name)
+        if public is not None:
+            self._report(PROGRESS_PHASES[public][1], PROGRESS_PHASES[public][0])
         self.rss.sample()  # the previous phase's last reading
         self.rss.phase = name
         try:
@@ -124,6 +130,30 @@ class Phases:
             self.rss.sample()
             elapsed = time.perf_counter() - started
             self.seconds[name] = round(self.seconds.get(name, 0.0) + elapsed, 3)
+
+    def within(self, name: str, done: float) -> None:
+        """``done`` (0..1) of phase ``name`` is behind us: report the fraction that far
+        between its start and the next phase's."""
+        public = _public_phase(name)
+        if public is None:
+            return
+        phase, start = PROGRESS_PHASES[public]
+        later = [f for _, f in PROGRESS_PHASES.values() if f > start]
+        end = min(later) if later else 1.0
+        self._report(start + (end - start) * min(max(done, 0.0), 1.0), phase)
+
+    def _report(self, fraction: float, phase: str) -> None:
+        self.fraction = max(self.fraction, fraction)
+        if self.progress is not None:
+            self.progress(self.fraction, phase)
+
+
+def _public_phase(name: str) -> str | None:
+    """The ``PROGRESS_PHASES`` key of a pipeline phase (``model_search_normal``: model_search)."""
+    for key in (name, name.rsplit("_", 1)[0]):
+        if key in PROGRESS_PHASES:
+            return key
+    return None
 
 
 def run_automl(
@@ -283,6 +313,26 @@ def load_training_table(
         )
 
 
+def prepare_split(
+    data_path: str, options: AutoMLOptions, *, settings: Settings | None = None
+) -> Prepared:
+    """The encoded train/test rows a ``run_automl`` job on ``data_path`` with ``options``
+    would train and score on: the same loading, task type, split and encoding (so baselines,
+    e.g. ``bench.automl_quality``'s, can be scored on exactly its held-out rows)."""
+    settings = settings or get_settings()
+    budget = options.memory_budget_mb or settings.automl_memory_budget_mb
+    rss = PeakRSS()  # not started: the baseline reading the row budget is sized from
+    table = load_training_table(
+        confine_input("data_path", data_path, settings),
+        options,
+        settings.input_root,
+        rss.baseline_mb + budget,
+        rss.current_mb,
+        max_url_bytes=settings.max_url_input_bytes,
+    )
+    return _prepare(table.frame, options)
+
+
 def _prepare(frame: pd.DataFrame, options: AutoMLOptions) -> Prepared:
     target = resolve_target(frame, options.target, options.task_type, test_size=options.test_size)
     x_train, x_test, y_train, y_test = train_test_split(
@@ -317,6 +367,7 @@ def _plan(data: Prepared, mode: Mode, budget: float, rss_mb: float, n_jobs: int)
         budget_mb=budget,
         baseline_mb=rss_mb,
         n_jobs=n_jobs,
+        classes=len(data.classes or ()),
     )
 
 
@@ -383,6 +434,7 @@ def _attempt(
                 folds=options.cv_folds,
                 seed=options.random_state,
                 deadline=deadline,
+                progress=functools.partial(phases.within, f"model_search_{plan.mode}"),
             )
     except MemoryError as exc:
         message = f"MemoryError in the {plan.mode} plan: {exc}".strip()

@@ -47,6 +47,16 @@ LOAD_SHARE = 0.25
 FOREST_MAX_ROWS = 20_000
 #: fewer rows than this for autofeat and its 5-fold LassoLarsCV selection is guesswork
 MIN_FEATENG_ROWS = 50
+#: autofeat's selection for classification fits L1 LogisticRegressionCV with saga (5 folds x
+#: 10 Cs, up to 100 epochs each, several fits a run), so its time grows with rows x columns it
+#: sees x coefficient vectors (one for two classes, one per class beyond): digits, 1437 rows x
+#: 142 columns x 10 classes (2.0M units), took 395 s of a 430 s job on 2 cores (~0.2 ms a
+#: unit). Classification feeds autofeat only the columns it engineers from (the others join
+#: its output unchanged) and samples rows to stay within this many units (~30 s)
+CLASSIFICATION_SELECTION_UNITS = 150_000
+#: rows per class that selection sample should keep: below it, fewer columns (so fewer
+#: generated features) are engineered from instead
+MIN_SELECTION_ROWS_PER_CLASS = 30
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,7 @@ def plan_job(
     budget_mb: float,
     baseline_mb: float,
     n_jobs: int,
+    classes: int = 2,
 ) -> Plan:
     """The ``mode`` tier shrunk until its estimated peak fits ``budget_mb``.
 
@@ -149,6 +160,7 @@ def plan_job(
         budget_mb: what the whole process may reach (RSS).
         baseline_mb: RSS before the job (interpreter, libraries, loaded frame).
         n_jobs: joblib workers allowed by the worker's settings.
+        classes: distinct classes (classification), which multiply autofeat's selection time.
     """
     tier = TIERS[mode]
     steps = tier.feateng_steps
@@ -159,10 +171,16 @@ def plan_job(
         limit = tier.max_generated_classification
     while cols > 1 and n_cols_generated(cols, steps, n_trans) > limit:
         cols -= 1
+    selection_rows = rows
+    if task_type == "classification":
+        cols, selection_rows = _selection_sized(cols, rows, classes, steps, n_trans)
     generated = n_cols_generated(max(cols, 1), steps, n_trans)
     free_mb = max(budget_mb - baseline_mb, 1.0)
     feateng_rows = min(
-        rows, tier.max_feateng_rows, _feateng_rows_fitting(free_mb, generated, steps)
+        rows,
+        tier.max_feateng_rows,
+        selection_rows,
+        _feateng_rows_fitting(free_mb, generated, steps),
     )
     final_features = features + generated  # upper bound: originals plus every new feature
     model_rows = min(rows, tier.max_model_rows, _model_rows_fitting(free_mb, final_features))
@@ -191,6 +209,24 @@ def plan_job(
         estimated_peak_mb=round(estimated, 1),
         too_few_rows=too_few_rows,
     )
+
+
+def _selection_sized(
+    cols: int, rows: int, classes: int, steps: int, n_trans: int
+) -> tuple[int, int]:
+    """Columns to engineer from and rows to sample so a classification selection stays
+    within ``CLASSIFICATION_SELECTION_UNITS``, with fewer columns before fewer rows per class."""
+    vectors = 1 if classes <= 2 else classes
+
+    def fitting(c: int) -> int:
+        return int(
+            CLASSIFICATION_SELECTION_UNITS / ((c + n_cols_generated(c, steps, n_trans)) * vectors)
+        )
+
+    floor = min(rows, MIN_SELECTION_ROWS_PER_CLASS * max(classes, 2))
+    while cols > 1 and fitting(cols) < floor:
+        cols -= 1
+    return cols, fitting(max(cols, 1))
 
 
 def _fixed_mb(steps: int) -> float:

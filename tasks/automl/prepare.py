@@ -132,7 +132,8 @@ def resolve_target(
 
     An infinite target counts as unlabelled (its row is dropped, with a note); the feature
     columns pass ``check_features``; classes (returned as indices) too small for the held-out
-    split and autofeat's cross-validation are refused.
+    split and autofeat's cross-validation are refused, except numbers that auto-detection took
+    for classes: those are quantities then (regression, and the reason says why).
     """
     labels, notes = _finite_labels(frame[target], target)
     if labels.isna().all():
@@ -145,6 +146,9 @@ def resolve_target(
         )
     if task_type == "auto":
         kind, reason = detect_task(labels)
+        short = _classes_too_small(labels, test_size) if kind == "classification" else None
+        if short is not None:  # numeric labels a classifier could not train on: quantities
+            kind, reason = "regression", f"{reason}, but {short}; so regression"
         reason = f"auto: {reason}"
     else:
         kind, reason = task_type, "requested"
@@ -197,6 +201,25 @@ def detect_task(labels: pd.Series) -> tuple[str, str]:
         f"{counted}: at most {MAX_AUTO_CLASSES} values with at least "
         f"{AUTO_CLASS_MIN_MEAN_ROWS} rows each on average"
     )
+
+
+def _classes_too_small(labels: pd.Series, test_size: float) -> str | None:
+    """Why numeric ``labels`` cannot be trained on as classes (``_refuse_small_classes``
+    would refuse them), or None; None too for labels that are not numbers (text, booleans:
+    those stay classes, and are refused naming the class)."""
+    if labels.dtype.kind == "b":
+        return None
+    numbers = pd.to_numeric(labels.astype(object), errors="coerce")
+    if not numbers.notna().all():
+        return None
+    if bool(np.all(np.mod(numbers.to_numpy(dtype=np.float64), 1) == 0)):
+        numbers = numbers.astype(np.int64)  # name a class 1, not 1.0
+    codes, classes = pd.factorize(numbers, sort=True)
+    problem = _class_problem(codes, list(classes), test_size)
+    if problem is None:
+        return None
+    field, text = problem
+    return f"as classes {text}" if field == "target" else f"as classes test_size {text}"
 
 
 def check_features(frame: pd.DataFrame) -> list[str]:
@@ -309,25 +332,39 @@ def _refuse_small_classes(
     target: str, codes: NDArray[Any], classes: list[Any], test_size: float, *, numeric: bool
 ) -> None:
     """Every class needs rows for the held-out split plus ``MIN_TRAIN_ROWS_PER_CLASS``."""
+    problem = _class_problem(codes, classes, test_size)
+    if problem is None:
+        return
+    field, text = problem
+    if field == "target":
+        hint = " (or task_type='regression' if the values are quantities)" if numeric else ""
+        raise InvalidInput(
+            "target",
+            f"{len(classes)} classes, and {text} ({MIN_TRAIN_ROWS_PER_CLASS} for training, "
+            f"where autofeat cross-validates over 5 folds){hint}",
+        )
+    raise InvalidInput("test_size", f"{text}; raise it so every class is scored")
+
+
+def _class_problem(
+    codes: NDArray[Any], classes: list[Any], test_size: float
+) -> tuple[str, str] | None:
+    """``(field, problem)`` when a class is too small for the held-out split plus training,
+    or the held-out rows are fewer than the classes; None when the classes can be trained."""
     counts = np.bincount(codes)
     needed = math.ceil(MIN_TRAIN_ROWS_PER_CLASS / (1 - test_size)) + 1
     smallest = int(counts.argmin())
     if counts[smallest] < needed:
-        hint = " (or task_type='regression' if the values are quantities)" if numeric else ""
-        raise InvalidInput(
-            "target",
-            f"{len(classes)} classes, and class {_plain(classes[smallest])!r} has "
-            f"{counts[smallest]} rows; with test_size {test_size} each class needs at least "
-            f"{needed} ({MIN_TRAIN_ROWS_PER_CLASS} for training, where autofeat "
-            f"cross-validates over 5 folds){hint}",
+        return "target", (
+            f"class {_plain(classes[smallest])!r} has {counts[smallest]} rows; with test_size "
+            f"{test_size} each class needs at least {needed}"
         )
     test_rows = math.ceil(test_size * len(codes))
     if test_rows < len(classes):
-        raise InvalidInput(
-            "test_size",
-            f"{test_size} holds out {test_rows} rows, fewer than the {len(classes)} classes; "
-            "raise it so every class is scored",
+        return "test_size", (
+            f"{test_size} holds out {test_rows} rows, fewer than the {len(classes)} classes"
         )
+    return None
 
 
 def _refuse_junk(column: str, raw: pd.Series, numbers: pd.Series, *, field: str) -> None:
