@@ -22,18 +22,25 @@ from importlib import resources
 
 from tasks.tags.japanese import japanese_tokens
 from tasks.tags.korean import korean_tokens
-from tasks.tags.language import detect_language
+from tasks.tags.language import detect_language, language_of_prose
 from tasks.tags.options import TagOptions
 from tasks.tags.prose import WORD, prose_of, without_possessive
 from tasks.tags.tokens import Token, overlay_latin, word_role
 
-__all__ = ["MAX_CANDIDATES", "Candidates", "candidates_for", "detect_language", "stopwords"]
+__all__ = [
+    "MAX_CANDIDATES",
+    "SEGMENTED",
+    "Candidates",
+    "candidates_for",
+    "detect_language",
+    "stopwords",
+]
 
 #: candidates kept per document (most frequent first): bounds encode cost on long texts
 MAX_CANDIDATES = 512
 #: languages segmented by a morphological analyser: phrases join without spaces, and a
 #: one-character phrase is a particle-sized fragment, never a useful tag
-_SEGMENTED = ("ja", "ko")
+SEGMENTED = ("ja", "ko")
 #: one piece of a phrase: its form and whether a space stood before it in the text
 Piece = tuple[str, bool]
 _KATAKANA = re.compile(r"[\u30a0-\u30ff]+")
@@ -60,13 +67,13 @@ def candidates_for(
 ) -> Candidates:
     """The candidate phrases of ``text`` alone (never influenced by other documents), the
     ``max_candidates`` most frequent."""
-    language = detect_language(text) if options.language == "auto" else options.language
     prose = prose_of(text)
+    language = language_of_prose(prose) if options.language == "auto" else options.language
     low, high = options.ngram_range
     tokens = tokens_for(prose, language, options.stopwords)
     runs = runs_of(prose, tokens, _GLUED.get(language))
     phrases = ngrams(runs, low, high)
-    if language in _SEGMENTED:
+    if language in SEGMENTED:
         own = stopwords(language) if options.stopwords else frozenset()
         phrases = [(p, w) for p, w in phrases if len(p) >= 2 and p not in own]
     kept = most_frequent(phrases, max_candidates)
@@ -78,7 +85,7 @@ def candidates_for(
 def tokens_for(prose: str, language: str, use_stopwords: bool) -> list[Token]:
     """The tokens of ``prose`` for ``language``; Latin words cut alike in every language."""
     english = stopwords("en") if use_stopwords else frozenset()
-    if language not in _SEGMENTED:
+    if language not in SEGMENTED:
         return list(_word_tokens(prose, english if language == "en" else frozenset()))
     own = stopwords(language) if use_stopwords else frozenset()
     segmented = japanese_tokens(prose, own) if language == "ja" else korean_tokens(prose, own)

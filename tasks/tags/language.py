@@ -2,8 +2,8 @@
 
 Decided by script, in word-sized units, over the document's prose only (``prose_of``):
 technical documents in Korean or Japanese are full of Latin identifiers, model names and
-code, and counting letters would call them English (a Korean
-design note with its code is 91% Latin letters; its prose alone is 58% Korean words).
+code, and counting letters would call them English (a Korean design note with its code is
+91% Latin letters; its prose alone is 58% Korean words).
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ def detect_language(text: str) -> str:
     Korean when Hangul words are at least ``SCRIPT_SHARE`` of the word units and outnumber
     Japanese ones; Japanese when kana and kanji are; kanji-only Chinese goes to fugashi too.
     """
-    prose = prose_of(text)
+    return language_of_prose(prose_of(text))
+
+
+def language_of_prose(prose: str) -> str:
+    """``detect_language`` of a text already reduced to its prose (``prose_of``)."""
     korean = len(_HANGUL_RUN.findall(prose))
     japanese = len(_JAPANESE_CHAR.findall(prose)) / JA_CHARS_PER_WORD
     other = len(_OTHER_WORD.findall(_HANGUL_RUN.sub(" ", prose)))

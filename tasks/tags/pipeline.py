@@ -14,7 +14,7 @@ from itertools import chain
 
 import numpy as np
 
-from tasks.tags.candidates import MAX_CANDIDATES, Candidates, candidates_for
+from tasks.tags.candidates import MAX_CANDIDATES, SEGMENTED, Candidates, candidates_for
 from tasks.tags.embedder import TextEncoder, Vector, embed_distinct
 from tasks.tags.mmr import mmr
 from tasks.tags.options import Tag, TagOptions, TagResult
@@ -64,7 +64,7 @@ def _rank(
         similarity = matrix @ doc_vector
         # ties broken by the phrase so the order never depends on float noise in argsort
         order = sorted(range(len(phrases)), key=lambda i: (-float(similarity[i]), phrases[i]))
-        spaced = candidates.language not in ("ja", "ko")
+        spaced = candidates.language not in SEGMENTED
         words = candidates.words
         best = ((phrases[i], float(similarity[i]), words[i]) for i in order)
         ranked = distinct_best(best, options.top_n, spaced=spaced)

@@ -99,8 +99,7 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
                 self._tref.cancel()
                 self._tref = consumer.timer.call_repeatedly(self._tick_s(), self._do_flush)
             if starts_at_once(self._state(), idle_s=self.flush_idle_s):
-                self._first_arrival = None
-                super(IsolatedBatches, self)._do_flush()
+                self._flush_buffer()
 
         return handler
 
@@ -111,6 +110,10 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
             self._state(), now, idle_s=self.flush_idle_s, interval_s=float(self.flush_interval)
         ):
             return
+        self._flush_buffer()
+
+    def _flush_buffer(self) -> None:
+        """celery-batches' flush of everything buffered; the next arrival starts a new wait."""
         self._first_arrival = None
         super()._do_flush()
 
