@@ -279,7 +279,27 @@ class Settings(BaseSettings):
         "auto", description="Worker log lines: auto = JSON when stderr is not a terminal."
     )
 
-    @field_validator("extra_families", mode="before")
+    # --- completion callbacks (worker.webhooks) --------------------------------------------
+    #: no default: a callback is only signed with a secret the operator chose
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key of the X-Mlworker-Signature header on callbacks."
+    )
+    #: empty: no host is trusted until the operator names it
+    webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma list of hosts (host or host:port; *.example.com = any sub-domain) "
+        "a callback_url may name.",
+    )
+    #: a receiver should answer at once and work later; 10 s leaves room for a slow TLS hop
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one callback POST.")
+    #: 8 attempts at base 2 s span ~4 minutes of receiver downtime
+    webhook_max_attempts: int = Field(8, ge=1, description="POSTs before a callback gives up.")
+    #: doubled each attempt: 2, 4, 8 ... s
+    webhook_backoff_s: float = Field(
+        2.0, gt=0, description="Delay before the 2nd callback attempt, doubled after each."
+    )
+
+    @field_validator("extra_families", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):

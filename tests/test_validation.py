@@ -57,7 +57,7 @@ def test_unknown_kwarg_is_named_with_the_accepted_ones() -> None:
     """An unknown kwarg is the error's field, even when a required field is missing too."""
     error = _refusal(_Probe, {"nmae": "x"})
     assert type(error) is InvalidInput and error.field == "nmae"
-    assert error.problem == "unknown option; accepted: name, count, where, plain"
+    assert error.problem == "unknown option; accepted: name, count, where, plain, callback_url"
 
 
 def test_missing_field_is_named() -> None:
@@ -225,7 +225,7 @@ def test_automl_models() -> None:
     with pytest.raises(InvalidInput, match="feature_columns: includes the target"):
         AutoMLOptions.from_kwargs({"target": "y", "feature_columns": ["y"]})
     error = _refusal(AutoMLPredictRequest, {"model_path": "m", "data_path": "d", "rows": 3})
-    assert str(error) == "rows: unknown option; accepted: model_path, data_path"
+    assert str(error) == "rows: unknown option; accepted: model_path, data_path, callback_url"
 
 
 def test_formats_does_not_import_options() -> None:

@@ -54,6 +54,8 @@ class Ticket:
     #: memory refusals so far (Celery's ``retries`` header)
     retries: int = 0
     queue: str | None = None
+    #: the message's priority (kombu's Redis levels: 0 most urgent); a requeue keeps it
+    priority: int | None = None
 
 
 @dataclass(frozen=True)
@@ -142,5 +144,6 @@ class Gate:
             queue=ticket.queue,
             countdown=self.settings.memory_refusal_countdown_s,
             retries=ticket.retries + 1,
+            priority=ticket.priority,
         )
         self.store.retrying(ticket.id, InsufficientMemory(reason))

@@ -91,6 +91,8 @@ def build_task(family: FamilySpec, spec: TaskSpec, settings: Settings) -> Any:
         "name": spec.name,
         "handler": handler,
         "family": family.queue,
+        # staticmethod: a plain function as a class attribute would bind as a method
+        "chain_input": staticmethod(resolve(spec.chain_input)) if spec.chain_input else None,
         "__module__": type(handler).__module__,
         "__doc__": type(handler).__doc__,
     }

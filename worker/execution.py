@@ -19,13 +19,14 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol
 
 from celery import Celery
 
 from config import Settings
+from worker import webhooks
 from worker.admission import Action, Gate, Ticket
 from worker.delivery import DeadLettered
 from worker.errors import InsufficientMemory, InvalidInput
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 
 #: a job reports progress at most once per this share of its work (one Redis write each)
 PROGRESS_STEP = 0.05
+
+
+#: a task's ``TaskSpec.chain_input``: the previous result of a chain or link -> kwargs
+ChainInput = Callable[[Any], dict[str, Any]]
 
 
 class Sink(Protocol):
@@ -72,8 +77,10 @@ class Executor(Generic[Item]):
         *,
         batched: bool,
         guard: MemoryGuard | None = None,
+        chain_input: ChainInput | None = None,
     ) -> None:
         self.handler = handler
+        self.chain_input = chain_input
         self.settings = settings
         self.batched = batched
         self.guard = guard or MemoryGuard(settings)
@@ -82,6 +89,7 @@ class Executor(Generic[Item]):
 
     def execute(self, tickets: Sequence[Ticket], batch_size: int, sink: Sink) -> None:
         """Admit, parse and run ``tickets``; every ticket ends in exactly one ``sink`` call."""
+        sink = webhooks.RecordingSink(sink, self.store.backend.client, self.settings)
         check, decisions = self.gate.screen(tickets)
         mode = RunMode.from_check(check)
         fresh: list[_Admitted[Item]] = []
@@ -108,13 +116,26 @@ class Executor(Generic[Item]):
         kwargs = dict(ticket.kwargs)
         hooks = take_test_hooks(kwargs, self.settings.test_hooks)
         try:
+            webhooks.pop_callback(kwargs, self.settings)
+        except InvalidInput as exc:
+            sink.failure(ticket, exc)
+            return None
+        try:
             if ticket.args:
-                raise InvalidInput("args", "positional arguments are not accepted; send kwargs")
+                kwargs = {**self._previous(ticket.args), **kwargs}
             item = self.handler.parse(kwargs, self.settings)
         except Exception as exc:  # noqa: BLE001 - a bad request fails alone
             sink.failure(ticket, exc)
             return None
         return _Admitted(ticket, item, hooks)
+
+    def _previous(self, args: tuple[Any, ...]) -> dict[str, Any]:
+        """The kwargs a chain's previous result gives this task (its only positional arg)."""
+        if self.chain_input is None:
+            raise InvalidInput("args", "positional arguments are not accepted; send kwargs")
+        if len(args) != 1:
+            raise InvalidInput("args", f"takes one previous result, got {len(args)} arguments")
+        return self.chain_input(args[0])
 
     def _start_group(self, group: list[_Admitted[Item]], mode: RunMode, sink: Sink) -> None:
         """Count each start (dead-lettering the exhausted), run the rest, hand out outcomes."""

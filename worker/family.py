@@ -57,6 +57,9 @@ class TaskSpec:
     time_limit_s: Callable[[Settings], int]
     #: None: a plain task, one message per run
     batch: BatchSpec | None = None
+    #: ``"module:function"`` turning the previous task's result (a chain's or a link's
+    #: positional argument) into kwargs; the task's own kwargs win. None: no such argument
+    chain_input: str | None = None
 
 
 @dataclass(frozen=True)

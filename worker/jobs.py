@@ -35,12 +35,20 @@ class PlainTask(Task):  # type: ignore[misc]
 
     handler: ClassVar[Handler[Any]]
     family: ClassVar[str] = ""
+    #: previous result -> kwargs (``TaskSpec.chain_input``); None: positional args refused
+    chain_input: ClassVar[Any] = None  # a staticmethod(ChainInput) set by worker.entry
     _executor: Executor[Any] | None = None
 
     @property
     def executor(self) -> Executor[Any]:
         if self._executor is None:  # built in the child, whose memory guard must read
-            self._executor = Executor(self.app, self.handler, get_settings(), batched=False)
+            self._executor = Executor(
+                self.app,
+                self.handler,
+                get_settings(),
+                batched=False,
+                chain_input=self.chain_input,
+            )
         return self._executor
 
     def run(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -52,6 +60,7 @@ class PlainTask(Task):  # type: ignore[misc]
             args=tuple(args),
             retries=int(request.retries or 0),
             queue=(request.delivery_info or {}).get("routing_key"),
+            priority=(request.delivery_info or {}).get("priority"),
         )
         ending = _Ending()
         self.executor.execute([ticket], 1, ending)

@@ -9,7 +9,9 @@ worker (never a client) is built, before Celery sets up logging, the pool or the
 3. ``shutdown``: SIGTERM's warm shutdown turns cold after ``shutdown_grace_s``;
 4. child start: cap threads, register the families' models, preload this worker's models;
 5. ``telemetry``: per-job log line and metrics; its child-start hook runs after 4, so the
-   model loads it counts include the preload.
+   model loads it counts include the preload;
+6. ``webhooks``: the main process's callback delivery thread (once the consumer is ready,
+   after the pool has forked) and the callback of a job discarded as revoked.
 
 Celery calls a signal's receivers in the order they were connected, so the order above is
 the order they run in.
@@ -23,9 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import signals
+from celery.exceptions import TaskRevokedError
 
 from config import get_settings
-from worker import logs, recovery, shutdown, telemetry
+from worker import logs, recovery, shutdown, telemetry, webhooks
 from worker.family import FamilySpec
 from worker.registry import configure_threads, registry
 
@@ -61,6 +64,40 @@ def install_worker_hooks(plan: WorkerPlan) -> None:
 
     signals.worker_process_init.connect(init_child, weak=False, dispatch_uid="mlworker-child")
     telemetry.install(plan.queues)
+    _install_webhooks()
+
+
+def _install_webhooks() -> None:
+    """Start the delivery loop when the worker is ready; queue a revoked job's callback."""
+    loops: list[webhooks.DeliveryLoop] = []
+
+    def start_loop(sender: Any = None, **_: Any) -> None:
+        loop = webhooks.DeliveryLoop(sender.app.backend.client, get_settings())
+        loops.append(loop)
+        loop.start()
+
+    def stop_loop(**_: Any) -> None:
+        for loop in loops:
+            loop.stop()
+
+    def revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+        url = (getattr(request, "kwargs", None) or {}).get("callback_url")
+        if url is None or sender is None:
+            return
+        settings = get_settings()
+        try:
+            webhooks.check_callback(url, settings)
+        except Exception:  # noqa: BLE001 - nowhere safe to report to
+            return
+        client = sender.app.backend.client
+        name = getattr(request, "name", None) or sender.name
+        webhooks.record_outcome(
+            client, settings, url, request.id, name, "REVOKED", TaskRevokedError("revoked")
+        )
+
+    signals.worker_ready.connect(start_loop, weak=False, dispatch_uid="mlworker-webhooks")
+    signals.worker_shutdown.connect(stop_loop, weak=False, dispatch_uid="mlworker-webhooks")
+    signals.task_revoked.connect(revoked, weak=False, dispatch_uid="mlworker-webhooks")
 
 
 def _init_child(plan: WorkerPlan) -> None:

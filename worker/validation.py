@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import ErrorDetails
 
 from worker.errors import InvalidInput
@@ -37,6 +44,21 @@ class RequestModel(BaseModel):
     """Base of a job's kwargs: strict JSON types, unknown kwargs refused, frozen once parsed."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    #: where the worker POSTs the job's end (``worker.webhooks``); every family accepts it.
+    #: Excluded from ``model_dump`` so a family's options built from its fields never see it.
+    callback_url: str | None = Field(None, exclude=True, max_length=2048)
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_shape(cls, value: str | None) -> str | None:
+        """URL shape only; the worker checks the host against its allow-list."""
+        from worker.webhooks import url_shape_problem
+
+        problem = None if value is None else url_shape_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("*")
     @classmethod
@@ -73,7 +95,10 @@ class RequestModel(BaseModel):
     def to_kwargs(self) -> dict[str, Any]:
         """The JSON kwargs a client sends: fields set explicitly or differing from defaults."""
         sent = self.model_fields_set | self.model_dump(exclude_defaults=True).keys()
-        return {k: v for k, v in self.model_dump(mode="json").items() if k in sent}
+        kwargs = {k: v for k, v in self.model_dump(mode="json").items() if k in sent}
+        if self.callback_url is not None:
+            kwargs["callback_url"] = self.callback_url
+        return kwargs
 
 
 def _strings(value: Any) -> list[str]:
@@ -103,7 +128,9 @@ def _translate(model: type[BaseModel], exc: ValidationError) -> InvalidInput:
 def _problem(model: type[BaseModel], error: ErrorDetails) -> str:
     kind, value, ctx = error["type"], error["input"], error.get("ctx", {})
     if kind == "extra_forbidden":
-        return f"unknown option; accepted: {', '.join(model.model_fields)}"
+        # the family's own fields first; every request's callback_url last
+        names = sorted(model.model_fields, key=lambda name: name == "callback_url")
+        return f"unknown option; accepted: {', '.join(names)}"
     if kind in ("value_error", "assertion_error"):
         return str(ctx["error"])
     if kind == "too_short" and ctx.get("min_length") == 1:

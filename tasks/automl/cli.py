@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from worker.cli.jobs import JobIdOption, TimeoutOption, WaitOption, client, finish
+from worker.cli.jobs import (
+    JobIdOption,
+    PriorityOption,
+    TimeoutOption,
+    WaitOption,
+    client,
+    finish,
+)
 
 if TYPE_CHECKING:
     from worker.client import Job, MLClient
@@ -24,10 +31,12 @@ def submit_automl(
     wait: WaitOption = False,
     job_id: JobIdOption = None,
     timeout: TimeoutOption = 3600.0,
+    priority: PriorityOption = None,
 ) -> None:
     """Train on DATA_PATH (CSV/Parquet under the input root) to predict --target."""
     extra = {"task_type": task_type} if task_type else {}
-    finish(client().automl(data_path, target, job_id=job_id, **extra), wait, timeout)
+    job = client().automl(data_path, target, job_id=job_id, priority=priority, **extra)
+    finish(job, wait, timeout)
 
 
 def install(groups: Mapping[str, typer.Typer]) -> None:

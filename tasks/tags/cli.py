@@ -1,6 +1,7 @@
 """The tags family's commands and demo jobs.
 
-``mlworker submit tags TEXT``; ``mlworker models export|list`` and ``mlworker models verify
+``mlworker submit tags TEXT`` (or ``--jsonl docs.jsonl --out tags.jsonl`` for many, one
+``{"text": ..., "top_n": 3}`` a line); ``mlworker models export|list`` and ``mlworker models verify
 embedder`` build and check the embedder's ONNX FP32/INT8 exports in the model cache (exit
 status 1 means an export was refused, 3 that there is no export to verify yet).
 """
@@ -22,11 +23,17 @@ from config import get_settings
 from worker.cli.jobs import (
     EXIT_NOT_FOUND,
     JobIdOption,
-    TimeoutOption,
+    JsonlOption,
+    JsonlRun,
+    OutOption,
+    PriorityOption,
+    RunIdOption,
     WaitOption,
     client,
     finish,
+    one_source,
     say,
+    submit_jsonl,
 )
 
 if TYPE_CHECKING:
@@ -49,15 +56,39 @@ DEMO_TEXTS = {
 
 
 def submit_tags(
-    text: str,
-    top_n: Annotated[int, typer.Option("--top-n")] = 5,
-    language: str = "auto",
+    text: Annotated[str | None, typer.Argument(help="The document (or use --jsonl).")] = None,
+    top_n: Annotated[int, typer.Option("--top-n", help="Also the default of --jsonl lines.")] = 5,
+    language: Annotated[str, typer.Option(help="Also the default of --jsonl lines.")] = "auto",
     wait: WaitOption = False,
     job_id: JobIdOption = None,
-    timeout: TimeoutOption = 300.0,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds --wait waits (300), or --jsonl for all (3600).")
+    ] = None,
+    priority: PriorityOption = None,
+    jsonl: JsonlOption = None,
+    out: OutOption = None,
+    run_id: RunIdOption = None,
 ) -> None:
-    """Extract keyphrases from TEXT."""
-    finish(client().extract_tags(text, top_n, language=language, job_id=job_id), wait, timeout)
+    """Extract keyphrases from TEXT, or from every {"text": ...} line of --jsonl into --out."""
+    from tasks.tags.options import ExtractTagsRequest
+
+    if one_source(text, jsonl, out, "TEXT"):
+        assert jsonl is not None and out is not None
+        defaults = {"top_n": top_n, "language": language}
+        submit_jsonl(
+            JsonlRun(
+                ExtractTagsRequest,
+                jsonl,
+                out,
+                run_id=run_id,
+                priority=priority,
+                timeout=timeout or 3600.0,
+                prepare=lambda line: {**defaults, **line},
+            )
+        )
+    assert text is not None
+    job = client().extract_tags(text, top_n, language=language, job_id=job_id, priority=priority)
+    finish(job, wait, timeout or 300.0)
 
 
 class Backend(StrEnum):

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, Strict, ValidationInfo, field_validator
 
-from worker.errors import InputTooLarge
+from worker.errors import InputTooLarge, InvalidInput
 from worker.validation import RequestModel, context_value
 
 #: more tags than this is a document summary, not tagging; it also bounds MMR's cost
@@ -115,3 +115,19 @@ TagRequest = ExtractTagsRequest
 def parse_request(kwargs: Mapping[str, Any], *, max_text_chars: int) -> ExtractTagsRequest:
     """Validate a request's JSON kwargs; raise ``InvalidInput`` naming the first bad field."""
     return ExtractTagsRequest.parse(kwargs, max_text_chars=max_text_chars)
+
+
+def from_previous(previous: Any) -> dict[str, Any]:
+    """A chain's previous result as tags kwargs: its ``text`` and, when it names one, its
+    ``language`` (a transcript's ``{"text", "language", ...}``); the task's own kwargs win."""
+    if not isinstance(previous, dict):
+        kind = "null" if previous is None else type(previous).__name__
+        raise InvalidInput("args", f"the previous result must be an object with text, got {kind}")
+    text = previous.get("text")
+    if not isinstance(text, str):
+        raise InvalidInput("args", "the previous result has no text to tag")
+    kwargs: dict[str, Any] = {"text": text}
+    language = previous.get("language")
+    if isinstance(language, str) and _LANGUAGE.fullmatch(language):
+        kwargs["language"] = language
+    return kwargs

@@ -1,6 +1,7 @@
 """The transcription family's commands and demo job.
 
-``mlworker submit transcribe AUDIO``; ``mlworker models verify whisper`` checks a compute
+``mlworker submit transcribe AUDIO`` (or ``--jsonl paths.jsonl --out out.jsonl`` for many,
+one ``{"path": ...}`` a line); ``mlworker models verify whisper`` checks a compute
 type's WER against float32 on the speech fixtures (exit status 1: refused).
 """
 
@@ -15,7 +16,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from config import get_settings
-from worker.cli.jobs import JobIdOption, TimeoutOption, WaitOption, client, finish
+from tasks.transcription.options import TranscribeRequest
+from worker.cli.jobs import (
+    JobIdOption,
+    JsonlOption,
+    JsonlRun,
+    OutOption,
+    PriorityOption,
+    RunIdOption,
+    WaitOption,
+    client,
+    finish,
+    one_source,
+    submit_jsonl,
+)
 
 if TYPE_CHECKING:
     from worker.client import Job, MLClient
@@ -32,7 +46,9 @@ DEMO_AUDIO = Path(__file__).resolve().parent / "demo.flac"
 
 
 def submit_transcribe(
-    audio: Annotated[str, typer.Argument(help="Path under the input root, or a local file.")],
+    audio: Annotated[
+        str | None, typer.Argument(help="Path under the input root, or a local file.")
+    ] = None,
     inline: Annotated[bool, typer.Option("--inline", help="Send the file as audio_b64.")] = False,
     language: str | None = None,
     output_format: Annotated[list[str] | None, typer.Option("--format")] = None,
@@ -41,11 +57,49 @@ def submit_transcribe(
     ] = False,
     wait: WaitOption = False,
     job_id: JobIdOption = None,
-    timeout: TimeoutOption = 1800.0,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds --wait waits (1800), or --jsonl for all (86400).")
+    ] = None,
+    priority: PriorityOption = None,
+    jsonl: JsonlOption = None,
+    out: OutOption = None,
+    run_id: RunIdOption = None,
+    tags: Annotated[
+        bool, typer.Option("--tags", help="Then extract tags from the transcript (a chain).")
+    ] = False,
+    top_n: Annotated[int, typer.Option("--top-n", help="Tags --tags extracts.")] = 5,
 ) -> None:
-    """Transcribe AUDIO (a path the workers can read, or inline with --inline)."""
+    """Transcribe AUDIO (a path the workers can read, or inline with --inline), or every
+    {"path": ...} line of --jsonl (paths the workers read; other kwargs allowed) into --out."""
+    if one_source(audio, jsonl, out, "AUDIO"):
+        assert jsonl is not None and out is not None
+        defaults: dict[str, Any] = {"multilingual": multilingual}
+        defaults.update({"language": language} if language else {})
+        defaults.update({"output_formats": output_format} if output_format else {})
+        submit_jsonl(
+            JsonlRun(
+                TranscribeRequest,
+                jsonl,
+                out,
+                run_id=run_id,
+                priority=priority,
+                timeout=timeout or 86400.0,
+                prepare=lambda line: _jsonl_kwargs(defaults, line),
+            )
+        )
+    assert audio is not None
     ml = client()
-    if inline:
+    if inline and tags:
+        b64 = base64.b64encode(Path(audio).read_bytes()).decode()
+        job = ml.transcribe_then_tags(
+            audio_b64=b64,
+            top_n=top_n,
+            language=language,
+            output_formats=output_format,
+            multilingual=multilingual,
+            priority=priority,
+        )
+    elif inline:
         b64 = base64.b64encode(Path(audio).read_bytes()).decode()
         job = ml.transcribe(
             audio_b64=b64,
@@ -53,6 +107,16 @@ def submit_transcribe(
             output_formats=output_format,
             multilingual=multilingual,
             job_id=job_id,
+            priority=priority,
+        )
+    elif tags:
+        job = ml.transcribe_then_tags(
+            audio,
+            top_n=top_n,
+            language=language,
+            output_formats=output_format,
+            multilingual=multilingual,
+            priority=priority,
         )
     else:
         job = ml.transcribe(
@@ -61,8 +125,17 @@ def submit_transcribe(
             output_formats=output_format,
             multilingual=multilingual,
             job_id=job_id,
+            priority=priority,
         )
-    finish(job, wait, timeout, HINTS)
+    finish(job, wait, timeout or 1800.0, HINTS)
+
+
+def _jsonl_kwargs(defaults: dict[str, Any], line: dict[str, Any]) -> dict[str, Any]:
+    """A --jsonl line's kwargs: its ``path`` is the task's ``audio_path``."""
+    kwargs = {**defaults, **line}
+    if "path" in kwargs:
+        kwargs["audio_path"] = kwargs.pop("path")
+    return kwargs
 
 
 def verify_whisper(

@@ -23,6 +23,7 @@ def transcribe(
     multilingual: bool = False,
     output_formats: list[str] | None = None,
     job_id: str | None = None,
+    priority: int | None = None,
     **options: Any,
 ) -> Job:
     """Transcribe a file under the workers' input root (``audio_path``) or inline base64."""
@@ -42,4 +43,27 @@ def transcribe(
     ):
         if value is not None:
             kwargs[name] = value
-    return client.send(TranscribeRequest.parse(kwargs), job_id=job_id)
+    return client.send(TranscribeRequest.parse(kwargs), job_id=job_id, priority=priority)
+
+
+#: the tags task a transcript is chained to (by name: this family imports no other)
+TAGS_TASK = "tasks.extract_tags"
+
+
+def transcribe_then_tags(
+    client: MLClient,
+    audio_path: str | None = None,
+    *,
+    top_n: int = 5,
+    tags_options: dict[str, Any] | None = None,
+    priority: int | None = None,
+    **options: Any,
+) -> Job:
+    """Transcribe, then extract ``top_n`` tags from the transcript (a Celery chain): the
+    job returned is the tags step's, ``job.previous[0]`` the transcription's."""
+    kwargs: dict[str, Any] = {"vad_filter": True, **options}
+    if audio_path is not None:
+        kwargs["audio_path"] = audio_path
+    request = TranscribeRequest.parse(kwargs)
+    tags = {"top_n": top_n, **(tags_options or {})}
+    return client.chain(request, (TAGS_TASK, tags), priority=priority)

@@ -29,7 +29,10 @@ FAMILY = FamilySpec(
     ),
     lightweight="each clip alone on the plain path with greedy decoding (beam 1); if that "
     "still runs out of memory, the int8 lightweight model after evicting the normal one",
-    client={"transcribe": "tasks.transcription.client:transcribe"},
+    client={
+        "transcribe": "tasks.transcription.client:transcribe",
+        "transcribe_then_tags": "tasks.transcription.client:transcribe_then_tags",
+    },
     cli="tasks.transcription.cli:install",
     demo="tasks.transcription.cli:demo",
 )

@@ -8,11 +8,23 @@ the buffer keeps filling (a flush could only queue behind the running batch).
 arrives to an empty buffer with a child free does not wait out ``idle_s`` either
 (``starts_at_once``): nothing is there to group it with, and whatever arrives while it runs
 groups behind it, so batches still form under load.
+
+What a flush runs (``pick_batch``): at most ``batch_size`` requests, the most urgent first.
+kombu's Redis transport reads priority 0 as the most urgent and 9 as the least; a message
+sent without one counts as 0, so bulk work is sent at a larger number. Only as many batches
+run as there are children: the rest waits in the consumer (not in the pool's queue), so a
+request that arrives later but is more urgent still goes into the next batch, and a storm
+of requests falling due together (countdowns, retries) runs batch by batch, each within
+the task's time limit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+#: kombu's Redis transport: 0 is the most urgent level, 9 the least (levels 0-9 accepted)
+MOST_URGENT, LEAST_URGENT = 0, 9
 
 #: the finest timer period: below this the consumer's event loop spends its time on ticks
 MIN_TICK_S = 0.005
@@ -54,8 +66,27 @@ def starts_at_once(state: BufferState, *, idle_s: float) -> bool:
     return idle_s > 0 and state.buffered == 1 and state.in_flight < max(1, state.children)
 
 
+def fills_a_batch(state: BufferState) -> bool:
+    """Whether a full batch is waiting and a child is free to run it now."""
+    return state.buffered >= state.batch_size and state.in_flight < max(1, state.children)
+
+
 def tick_s(*, idle_s: float, interval_s: float) -> float:
     """Period of the flush timer: the plain interval, or fine enough for the idle rule."""
     if idle_s <= 0:
         return interval_s
     return max(MIN_TICK_S, min(idle_s, interval_s) / 2)
+
+
+def priority_of(value: object) -> int:
+    """A message's priority as kombu's Redis transport ranks it (None: 0, the most urgent)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return MOST_URGENT
+    return min(max(value, MOST_URGENT), LEAST_URGENT)
+
+
+def pick_batch(priorities: Sequence[int], batch_size: int) -> list[int]:
+    """Indexes of the next batch among requests waiting in arrival order: at most
+    ``batch_size``, the most urgent first, first come first within one level."""
+    order = sorted(range(len(priorities)), key=lambda index: (priorities[index], index))
+    return order[: max(1, batch_size)]

@@ -10,13 +10,16 @@ buffer sends each request's ``task-received``: see ``worker.batching.events``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
+import traceback
 from collections.abc import Collection
 from typing import Any, ClassVar
 
 import redis
 from billiard.exceptions import WorkerLostError
+from celery.worker import state as worker_state
 from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
@@ -24,11 +27,19 @@ from celery_batches.trace import apply_batches_task
 from config import get_settings
 from worker.admission import Ticket
 from worker.batching.events import ReceivedBuffer, RequestEvents
-from worker.batching.rules import BufferState, should_flush, starts_at_once, tick_s
+from worker.batching.followups import due_at, simple_request, store_failure, store_success
+from worker.batching.rules import (
+    BufferState,
+    fills_a_batch,
+    pick_batch,
+    priority_of,
+    should_flush,
+    starts_at_once,
+    tick_s,
+)
 from worker.errors import JobError
 from worker.execution import Executor
 from worker.handler import Handler
-from worker.results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +66,12 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
 
     handler: ClassVar[Handler[Any]]
     family: ClassVar[str] = ""
+    #: previous result -> kwargs (``TaskSpec.chain_input``); None: positional args refused
+    chain_input: ClassVar[Any] = None  # a staticmethod(ChainInput) set by worker.entry
     #: 0: celery-batches' plain periodic timer; see ``worker.batching.rules``
     flush_idle_s: float = 0.0
     _first_arrival: float | None = None
     _last_arrival: float = 0.0
-    #: batches handed to the pool and not yet returned (consumer process only)
-    _in_flight: int = 0
     _executor: Executor[Any] | None = None
 
     # --- consumer process -------------------------------------------------------------
@@ -68,6 +79,13 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__()
         self._buffer = ReceivedBuffer()  # celery-batches' buffer, sending task-received
+        #: due requests waiting for a free child, in arrival order (consumer process only)
+        self._ready: list[Request] = []
+        #: the pool's handles of the batches running now
+        self._handles: list[Any] = []
+        # celery-batches flushes on every ``flush_every``-th arrival, whatever has been
+        # dispatched since; disarmed: the handler's ``fills_a_batch`` decides instead
+        self._count = itertools.repeat(1)
 
     def _tick_s(self) -> float:
         return tick_s(idle_s=self.flush_idle_s, interval_s=float(self.flush_interval))
@@ -85,7 +103,7 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
             stale.cancel()
         self._tref = None
         strategy = super().Strategy(task, app, consumer)
-        if self._buffer.qsize() or self._pending.qsize():
+        if self._ready or self._buffer.qsize() or self._pending.qsize():
             self._tref = consumer.timer.call_repeatedly(self._tick_s(), self._do_flush)
 
         def handler(*args: Any, **kwargs: Any) -> None:
@@ -98,33 +116,97 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
             if started_timer and self._tref is not None and self.flush_idle_s > 0:
                 self._tref.cancel()
                 self._tref = consumer.timer.call_repeatedly(self._tick_s(), self._do_flush)
-            if starts_at_once(self._state(), idle_s=self.flush_idle_s):
+            state = self._state()
+            if starts_at_once(state, idle_s=self.flush_idle_s) or fills_a_batch(state):
                 self._flush_buffer()
 
         return handler
 
     def _do_flush(self) -> None:
-        """celery-batches' flush, when the flush rule says so."""
+        """Timer tick (and celery-batches' count trigger): sort what arrived, then dispatch
+        when the flush rule says so."""
+        self._collect()
         now = time.monotonic()
-        if not should_flush(
+        if self._ready and should_flush(
             self._state(), now, idle_s=self.flush_idle_s, interval_s=float(self.flush_interval)
         ):
-            return
-        self._flush_buffer()
+            self._dispatch()
+        self._stop_idle_timer()
 
     def _flush_buffer(self) -> None:
-        """celery-batches' flush of everything buffered; the next arrival starts a new wait."""
+        """Dispatch whatever is ready now; the next arrival starts a new wait."""
+        self._collect()
+        self._dispatch()
+        self._stop_idle_timer()
+
+    def _next_full_batch(self) -> None:
+        """A batch came back: a full batch waiting starts now; a partial one waits for the
+        flush rule's next tick (so a batch that came back mid-send does not cut the
+        arrivals behind it short)."""
+        self._collect()
+        if fills_a_batch(self._state()):
+            self._dispatch()
+        self._stop_idle_timer()
+
+    def _collect(self) -> None:
+        """Take the buffer in; drop the revoked; hold back what waits for its ETA.
+
+        Replaces celery-batches' sorting, which never asks ``Request.revoked()`` (a revoked
+        request ran anyway) and compares an ETA's wall-clock timestamp with the monotonic
+        clock (a countdown never fell due). ``revoked()`` is Celery's own: it marks the job
+        REVOKED, acks its message, sends ``task-revoked`` and the ``task_revoked`` signal.
+        """
+        waiting = [*self._ready, *_drain(self._buffer), *_drain(self._pending)]
+        self._ready = []
+        wall = time.time()
+        for request in waiting:
+            if request.revoked():
+                continue
+            due = due_at(request, self.app.timezone)
+            if due is None:
+                request.reject(requeue=False)  # an ETA that is no time: never runnable
+            elif due <= wall:
+                self._ready.append(request)
+            else:
+                self._pending.put(request)
+
+    def _dispatch(self) -> None:
+        """Hand batches to free children, the most urgent requests first."""
+        size = int(self.flush_every)
+        while self._ready and self._running() < self._children():
+            priorities = [priority_of(r.delivery_info.get("priority")) for r in self._ready]
+            chosen = pick_batch(priorities, size)
+            batch = [self._ready[i] for i in chosen]
+            taken = set(chosen)
+            self._ready = [r for i, r in enumerate(self._ready) if i not in taken]
+            self._first_arrival = time.monotonic() if self._ready else None
+            self.flush(batch)
+
+    def _stop_idle_timer(self) -> None:
+        """No request anywhere: stop ticking until the next arrival starts the timer."""
+        if self._ready or self._buffer.qsize() or self._pending.qsize():
+            return
+        if self._tref is not None:
+            self._tref.cancel()
+        self._tref = None
         self._first_arrival = None
-        super()._do_flush()
+
+    def _running(self) -> int:
+        """Batches handed to the pool whose result has not come back."""
+        self._handles = [h for h in self._handles if not h.ready()]
+        return len(self._handles)
+
+    def _children(self) -> int:
+        return max(1, int(getattr(self._pool, "num_processes", 1) or 1))
 
     def _state(self) -> BufferState:
         return BufferState(
-            buffered=self._buffer.qsize(),
+            buffered=self._buffer.qsize() + len(self._ready),
             batch_size=int(self.flush_every),
             first_arrival=self._first_arrival,
             last_arrival=self._last_arrival,
-            in_flight=self._in_flight,
-            children=int(getattr(self._pool, "num_processes", 1) or 1),
+            in_flight=self._running(),
+            children=self._children(),
         )
 
     def flush(self, requests: Collection[Request]) -> Any:
@@ -133,60 +215,83 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         celery-batches passes no ``error_callback``, so a batch whose child is killed (OOM,
         segfault, kill -9) is neither acked nor rejected: its messages sit unacked until
         the visibility timeout. With ``reject_on_worker_lost`` they go back to the queue at
-        once, as a plain task's message does.
+        once, as a plain task's message does. When a batch comes back the consumer looks
+        at once for a full batch waiting (``_next_full_batch``): it does not wait for a tick.
         """
         late = [r for r in requests if r.task.acks_late]
         early = [r for r in requests if not r.task.acks_late]
-        simple = ([SimpleRequest.from_request(r) for r in requests],)
+        simple = ([simple_request(r) for r in requests],)
 
         def on_accepted(pid: int, time_accepted: float) -> None:
+            started = time.time() - (time.monotonic() - time_accepted)
+            for request in requests:
+                # what revoke(terminate=True) looks for: the request, its child, its start
+                request.worker_pid, request.time_start = pid, started
+                worker_state.task_accepted(request)
             for request in early:
                 request.acknowledge()
 
         def on_return(result: Any) -> None:
-            self._in_flight -= 1
-            settled = set(result) if isinstance(result, list) else set()
-            for request in late:
-                if request.id in settled:
-                    request.acknowledge()
-                else:  # its end was not recorded (see ``run``): deliver it again
-                    request.reject(requeue=True)
+            self._returned(requests, late, result)
 
         def on_error(einfo: Any) -> None:
-            self._in_flight -= 1
-            exc = getattr(einfo, "exception", einfo)
-            exc = getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback wrapper
-            if isinstance(exc, WorkerLostError) and self.reject_on_worker_lost:
-                log.warning("batch of %d lost its child (%s); requeued", len(late), exc)
-                for request in late:
-                    request.reject(requeue=True)
-                return
-            for request in late:
+            self._failed(requests, late, einfo)
+
+        handle = self._pool.apply_async(
+            apply_batches_task,
+            (self, simple, 0, None),
+            accept_callback=on_accepted,
+            callback=on_return,
+            error_callback=on_error,
+            # celery-batches passes no limits: the task's time limits apply to the batch
+            timeout=self.time_limit,
+            soft_timeout=self.soft_time_limit,
+        )
+        if handle is not None:
+            self._handles.append(handle)
+        return handle
+
+    def _returned(self, requests: Collection[Request], late: list[Request], result: Any) -> None:
+        """Ack what the child settled, deliver the rest again, look for the next batch."""
+        _ended(requests)
+        settled = set(result) if isinstance(result, list) else set()
+        for request in late:
+            if request.acknowledged:  # revoked and terminated meanwhile
+                continue
+            if request.id in settled:
+                request.acknowledge()
+            else:  # its end was not recorded (see ``run``): deliver it again
+                request.reject(requeue=True)
+        self._next_full_batch()
+
+    def _failed(self, requests: Collection[Request], late: list[Request], einfo: Any) -> None:
+        """The child died (requeue) or the pool failed the batch (store the failure)."""
+        _ended(requests)
+        open_ = [r for r in late if not r.acknowledged]  # a terminated one is acked already
+        exc = getattr(einfo, "exception", einfo)
+        exc = getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback wrapper
+        if isinstance(exc, WorkerLostError) and self.reject_on_worker_lost:
+            log.warning("batch of %d lost its child (%s); requeued", len(open_), exc)
+            for request in open_:
+                request.reject(requeue=True)
+        else:
+            for request in open_:
                 self.backend.mark_as_failure(request.id, exc, request=None)
                 request.acknowledge()
-
-        self._in_flight += 1
-        try:
-            return self._pool.apply_async(
-                apply_batches_task,
-                (self, simple, 0, None),
-                accept_callback=on_accepted,
-                callback=on_return,
-                error_callback=on_error,
-                # celery-batches passes no limits: the task's time limits apply to the batch
-                timeout=self.time_limit,
-                soft_timeout=self.soft_time_limit,
-            )
-        except BaseException:
-            self._in_flight -= 1
-            raise
+        self._next_full_batch()
 
     # --- pool child -------------------------------------------------------------------
 
     @property
     def executor(self) -> Executor[Any]:
         if self._executor is None:  # built in the child, whose memory guard must read
-            self._executor = Executor(self.app, self.handler, get_settings(), batched=True)
+            self._executor = Executor(
+                self.app,
+                self.handler,
+                get_settings(),
+                batched=True,
+                chain_input=self.chain_input,
+            )
         return self._executor
 
     def run(self, requests: list[SimpleRequest]) -> list[str]:  # type: ignore[override]
@@ -203,7 +308,7 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         events = RequestEvents(
             self.app, [r.id for r in requests], requests[0].hostname if requests else None
         )
-        sink = _StoreEach(self, events)
+        sink = _StoreEach(self, events, {r.id: r for r in requests})
         unique: dict[str, Ticket] = {}
         for request in requests:
             unique.setdefault(request.id, _ticket(self.name, request))
@@ -224,35 +329,55 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         return sorted(sink.settled)
 
 
+def _drain(queue: Any) -> list[Request]:
+    """Everything in a ``queue.Queue`` now, oldest first (the consumer's only thread)."""
+    taken = []
+    while queue.qsize():
+        taken.append(queue.get_nowait())
+    return taken
+
+
+def _ended(requests: Collection[Request]) -> None:
+    """The batch's child is done with them: no longer active (nor revocable by terminate)."""
+    for request in requests:
+        worker_state.task_ready(request)
+
+
 def _ticket(task_name: str, request: SimpleRequest) -> Ticket:
+    delivery = request.delivery_info or {}
     return Ticket(
         id=request.id,
         task=task_name,
         kwargs=dict(request.kwargs or {}),
         args=tuple(request.args or ()),
         retries=int((request.request_dict or {}).get("retries") or 0),
-        queue=(request.delivery_info or {}).get("routing_key"),
+        queue=delivery.get("routing_key"),
+        priority=delivery.get("priority"),
     )
 
 
 class _StoreEach:
     """Sink of a batch: each request's own result or failure, and its Flower event."""
 
-    def __init__(self, task: IsolatedBatches, events: RequestEvents) -> None:
-        self.store = ResultStore(task.backend)
+    def __init__(
+        self, task: IsolatedBatches, events: RequestEvents, requests: dict[str, SimpleRequest]
+    ) -> None:
+        self.app = task.app
+        self.requests = requests
         self.events = events
         #: ids whose end is recorded: their messages may be acked
         self.settled: set[str] = set()
 
     def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
-        self.store.success(ticket.id, result)
+        store_success(self.app, self.requests[ticket.id], result)
         self.settled.add(ticket.id)
         self.events.succeeded(ticket.id, result)
 
     def failure(self, ticket: Ticket, exc: BaseException) -> None:
         if not isinstance(exc, JobError):
             log.error("request %s failed: %r", ticket.id, exc, exc_info=exc)
-        tb = self.store.failure(ticket.id, exc)
+        tb = "".join(traceback.format_exception(exc))
+        store_failure(self.app, self.requests[ticket.id], exc, tb)
         self.settled.add(ticket.id)
         self.events.failed(ticket.id, exc, tb)
 

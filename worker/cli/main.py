@@ -157,6 +157,24 @@ def status(job_id: Annotated[str | None, typer.Argument()] = None) -> None:
 
 
 @cli.command()
+def cancel(
+    job_id: str,
+    terminate: Annotated[
+        bool,
+        typer.Option("--terminate", help="Also stop it if already running (SIGTERM to its child)."),
+    ] = False,
+) -> None:
+    """Revoke JOB_ID: workers discard it unstarted (state REVOKED); exit 3 if unknown.
+
+    Known means what it does for `status`. The revoke goes to the workers online now; a job
+    that already ended is left alone.
+    """
+    from worker.cli.jobs import cancel_job
+
+    cancel_job(job_id, terminate)
+
+
+@cli.command()
 def demo(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for all jobs.")] = 600.0,
 ) -> None:
