@@ -9,13 +9,13 @@ arrives to an empty buffer with a child free does not wait out ``idle_s`` either
 (``starts_at_once``): nothing is there to group it with, and whatever arrives while it runs
 groups behind it, so batches still form under load.
 
-What a flush runs (``pick_batch``): at most ``batch_size`` requests, the most urgent first.
-kombu's Redis transport reads priority 0 as the most urgent and 9 as the least; a message
-sent without one counts as 0, so bulk work is sent at a larger number. Only as many batches
-run as there are children: the rest waits in the consumer (not in the pool's queue), so a
-request that arrives later but is more urgent still goes into the next batch, and a storm
-of requests falling due together (countdowns, retries) runs batch by batch, each within
-the task's time limit.
+What a flush runs (``pick_batch``): batches of at most ``batch_size`` requests, the most
+urgent first. kombu's Redis transport reads priority 0 as the most urgent and 9 as the
+least; a message sent without one counts as 0, so bulk work is sent at a larger number. A
+storm of requests falling due together (countdowns, retries) runs batch by batch, each its
+own pool job within the task's time limit. The worker takes the most urgent Redis list
+first, and it holds at most its prefetch window (two batches): that bounds how many bulk
+requests an urgent one that arrives later can find ahead of it.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def starts_at_once(state: BufferState, *, idle_s: float) -> bool:
 
 
 def fills_a_batch(state: BufferState) -> bool:
-    """Whether a full batch is waiting and a child is free to run it now."""
-    return state.buffered >= state.batch_size and state.in_flight < max(1, state.children)
+    """Whether a full batch is waiting: it goes to the pool at once."""
+    return state.buffered >= state.batch_size
 
 
 def tick_s(*, idle_s: float, interval_s: float) -> float:

@@ -117,8 +117,11 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
                 self._tref.cancel()
                 self._tref = consumer.timer.call_repeatedly(self._tick_s(), self._do_flush)
             state = self._state()
-            if starts_at_once(state, idle_s=self.flush_idle_s) or fills_a_batch(state):
+            if starts_at_once(state, idle_s=self.flush_idle_s):
                 self._flush_buffer()
+            elif fills_a_batch(state):
+                self._collect()
+                self._dispatch(full_only=True)
 
         return handler
 
@@ -144,8 +147,7 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         flush rule's next tick (so a batch that came back mid-send does not cut the
         arrivals behind it short)."""
         self._collect()
-        if fills_a_batch(self._state()):
-            self._dispatch()
+        self._dispatch(full_only=True)
         self._stop_idle_timer()
 
     def _collect(self) -> None:
@@ -169,11 +171,20 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
                 self._ready.append(request)
             else:
                 self._pending.put(request)
+        if self._ready and self._first_arrival is None:
+            # fell due from the ETA queue: the interval cap counts its wait from now
+            self._first_arrival = time.monotonic()
 
-    def _dispatch(self) -> None:
-        """Hand batches to free children, the most urgent requests first."""
+    def _dispatch(self, *, full_only: bool = False) -> None:
+        """Hand the ready requests to the pool as batches of at most ``flush_every``, the
+        most urgent first; ``full_only`` keeps a partial remainder for the next tick.
+
+        Not gated on a free child: a batch handle whose callback never came (a child lost
+        across a broker restart) must never stall the queue. The pool holds at most the
+        prefetch window (two batches), which bounds how far a later urgent request waits.
+        """
         size = int(self.flush_every)
-        while self._ready and self._running() < self._children():
+        while self._ready and (len(self._ready) >= size or not full_only):
             priorities = [priority_of(r.delivery_info.get("priority")) for r in self._ready]
             chosen = pick_batch(priorities, size)
             batch = [self._ready[i] for i in chosen]
