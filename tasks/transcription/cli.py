@@ -89,44 +89,21 @@ def submit_transcribe(
         )
     assert audio is not None
     ml = client()
-    if inline and tags:
-        b64 = base64.b64encode(Path(audio).read_bytes()).decode()
-        job = ml.transcribe_then_tags(
-            audio_b64=b64,
-            top_n=top_n,
-            language=language,
-            output_formats=output_format,
-            multilingual=multilingual,
-            priority=priority,
-        )
-    elif inline:
-        b64 = base64.b64encode(Path(audio).read_bytes()).decode()
-        job = ml.transcribe(
-            audio_b64=b64,
-            language=language,
-            output_formats=output_format,
-            multilingual=multilingual,
-            job_id=job_id,
-            priority=priority,
-        )
-    elif tags:
-        job = ml.transcribe_then_tags(
-            audio,
-            top_n=top_n,
-            language=language,
-            output_formats=output_format,
-            multilingual=multilingual,
-            priority=priority,
-        )
+    source: dict[str, Any] = (
+        {"audio_b64": base64.b64encode(Path(audio).read_bytes()).decode()}
+        if inline
+        else {"audio_path": audio}
+    )
+    common: dict[str, Any] = {
+        "language": language,
+        "output_formats": output_format,
+        "multilingual": multilingual,
+        "priority": priority,
+    }
+    if tags:
+        job = ml.transcribe_then_tags(top_n=top_n, **source, **common)
     else:
-        job = ml.transcribe(
-            audio,
-            language=language,
-            output_formats=output_format,
-            multilingual=multilingual,
-            job_id=job_id,
-            priority=priority,
-        )
+        job = ml.transcribe(job_id=job_id, **source, **common)
     finish(job, wait, timeout or 1800.0, HINTS)
 
 
