@@ -125,7 +125,13 @@ def transcribe(
         segments, info = whisper.transcribe(
             audio.samples, vad_filter=options.vad_filter, **_decoding(options)
         )
-        collected = _consume(segments, audio.duration_s, progress)
+        found = _consume(segments, audio.duration_s, progress)
+        if options.vad_filter:
+            language = options.language or info.language
+            found = _recover_gaps(
+                whisper, audio.samples, found, replace(options, language=language)
+            )
+        collected = [_segment(s, 0.0, audio.duration_s) for s in found]
     if options.multilingual:
         collected = label_segments(whisper, audio.samples, collected)
     return _result(
@@ -217,14 +223,53 @@ def _shifted(segment: Segment, offset_s: float) -> Segment:
 
 def _consume(
     segments: Iterable[Segment], duration_s: float, progress: Progress | None
-) -> list[TranscriptSegment]:
+) -> list[Segment]:
     """Run faster-whisper's lazy generator to the end, reporting audio done as we go."""
-    collected: list[TranscriptSegment] = []
+    collected: list[Segment] = []
     for segment in segments:
-        collected.append(_segment(segment, 0.0, duration_s))
+        collected.append(segment)
         if progress is not None and duration_s > 0:
             progress(min(1.0, segment.end / duration_s))
     return collected
+
+
+def _recover_gaps(
+    whisper: WhisperModel, samples: Audio, found: list[Segment], options: TranscribeOptions
+) -> list[Segment]:
+    """The plain path's segments with any stretch of speech it skipped decoded again.
+
+    The plain path can skip speech too: a window that ends with a final timestamp and end
+    of text moves the seek a whole window on, past whatever was still said in it. Measured
+    on the fixtures: the licence reading then JFK (42 s, FLAC) came back without JFK; the
+    second window, prompted with the licence, closed after the licence's last words. Where
+    at least ``TAIL_GAP_S`` of the VAD's speech lies between two segments (or before the
+    first, or after the last), that stretch is decoded again from the start of the segment
+    before it, unprompted, up to the next segment, and replaces that segment (as
+    ``_recover_tails`` does for a batched chunk).
+    """
+    pieces = get_speech_timestamps(samples, VadOptions())
+    limit = TAIL_GAP_S * SAMPLE_RATE
+    out: list[Segment] = []
+    for index in range(len(found) + 1):
+        before = found[index - 1] if index else None
+        after = found[index] if index < len(found) else None
+        gap_from = int(before.end * SAMPLE_RATE) if before else 0
+        gap_to = int(after.start * SAMPLE_RATE) if after else len(samples)
+        restart = int(before.start * SAMPLE_RATE) if before else 0
+        speech = sum(
+            max(0, min(int(p["end"]), gap_to) - max(int(p["start"]), gap_from)) for p in pieces
+        )
+        if speech >= limit and (restart, gap_to) != (0, len(samples)):
+            more, _ = whisper.transcribe(
+                samples[restart:gap_to], vad_filter=True, **_decoding(options)
+            )
+            redone = [_shifted(s, restart / SAMPLE_RATE) for s in more]
+            if redone and before is not None:
+                out.pop()  # the segment before the gap, decoded again with it
+            out.extend(redone)
+        if after is not None:
+            out.append(after)
+    return out
 
 
 def _segment(segment: Segment, offset_s: float, duration_s: float) -> TranscriptSegment:
