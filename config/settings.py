@@ -236,6 +236,13 @@ class Settings(BaseSettings):
         "long: a lone job starts at once, a burst keeps filling (the flush interval caps the "
         "wait). 0 = flush on the interval timer only (a lone 35 s clip then took 1.06x direct).",
     )
+    batch_prefetch: int = Field(
+        2,
+        ge=1,
+        description="Batches a child of a batched queue reserves. 2: the next batch is buffered "
+        "while one runs; an urgent job sent behind a backlog waits for both. 1: it waits only "
+        "for the batch running now, and the child idles while the next one is fetched.",
+    )
     tags_batch_size: int = Field(64, ge=1, description="Documents grouped per flush.")
     tags_flush_interval_s: float = Field(
         0.2, gt=0, description="Longest a buffered document waits for batch-mates."

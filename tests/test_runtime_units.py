@@ -184,6 +184,7 @@ def test_builtin_families_route_every_documented_task() -> None:
     }
     settings = Settings(tags_batch_size=10)
     assert families.prefetch(["tags"], settings) == 20
+    assert families.prefetch(["tags"], Settings(tags_batch_size=10, batch_prefetch=1)) == 10
     assert families.prefetch(["automl"], settings) == 1
     assert [f.queue for f in families.consuming(["automl", "nope"])] == ["automl"]
     assert len(families.consuming(None)) == len(BUILTIN_FAMILIES)

@@ -161,8 +161,12 @@ class Families(Sequence[FamilySpec]):
         return None
 
     def prefetch(self, queues: Iterable[str], settings: Settings) -> int:
-        """Messages a child reserves: a batched task needs two batches buffered, others one."""
+        """Messages a child reserves: ``batch_prefetch`` batches for a batched task, else one."""
         wanted = [1]
         for spec in self.consuming(queues):
-            wanted += [2 * task.batch.size(settings) for task in spec.tasks if task.batch]
+            wanted += [
+                settings.batch_prefetch * task.batch.size(settings)
+                for task in spec.tasks
+                if task.batch
+            ]
         return max(wanted)

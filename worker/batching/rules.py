@@ -13,9 +13,13 @@ What a flush runs (``pick_batch``): batches of at most ``batch_size`` requests, 
 urgent first. kombu's Redis transport reads priority 0 as the most urgent and 9 as the
 least; a message sent without one counts as 0, so bulk work is sent at a larger number. A
 storm of requests falling due together (countdowns, retries) runs batch by batch, each its
-own pool job within the task's time limit. The worker takes the most urgent Redis list
-first, and it holds at most its prefetch window (two batches): that bounds how many bulk
-requests an urgent one that arrives later can find ahead of it.
+own pool job within the task's time limit. Only as many batches run as there are
+children; the rest waits in the consumer, not in the pool's queue, so a more urgent
+request that arrives later still makes the next batch. Behind a backlog the prefetch window
+is full and an urgent request stays in Redis until a batch comes back and its acks free
+the window; the worker then fetches the most urgent Redis list first, and the next batch
+waits for that first message (``REFILL_WAIT_S`` at most), so the urgent request starts as
+soon as the batch running when it was sent has finished.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ MOST_URGENT, LEAST_URGENT = 0, 9
 
 #: the finest timer period: below this the consumer's event loop spends its time on ticks
 MIN_TICK_S = 0.005
+#: how long a full batch waits, after one came back, for the first message fetched since
+#: its acks (the most urgent in Redis). Measured behind a 3,000-job backlog on 2 cores: it
+#: came 33-35 ms after the acks; none by this deadline means Redis has nothing waiting
+REFILL_WAIT_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,8 @@ def starts_at_once(state: BufferState, *, idle_s: float) -> bool:
 
 
 def fills_a_batch(state: BufferState) -> bool:
-    """Whether a full batch is waiting: it goes to the pool at once."""
-    return state.buffered >= state.batch_size
+    """Whether a full batch is waiting and a child is free to run it now."""
+    return state.buffered >= state.batch_size and state.in_flight < max(1, state.children)
 
 
 def tick_s(*, idle_s: float, interval_s: float) -> float:

@@ -29,6 +29,7 @@ from worker.admission import Ticket
 from worker.batching.events import ReceivedBuffer, RequestEvents
 from worker.batching.followups import due_at, simple_request, store_failure, store_success
 from worker.batching.rules import (
+    REFILL_WAIT_S,
     BufferState,
     fills_a_batch,
     pick_batch,
@@ -42,6 +43,9 @@ from worker.execution import Executor
 from worker.handler import Handler
 
 log = logging.getLogger(__name__)
+
+#: past a batch's hard time limit, how long before its handle no longer counts as running
+HANDLE_GRACE_S = 30.0
 
 #: errors that mean Redis went away mid-batch: the unsettled requests are delivered again
 BROKER_DOWN: tuple[type[BaseException], ...] = (
@@ -81,8 +85,11 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         self._buffer = ReceivedBuffer()  # celery-batches' buffer, sending task-received
         #: due requests waiting for a free child, in arrival order (consumer process only)
         self._ready: list[Request] = []
-        #: the pool's handles of the batches running now
-        self._handles: list[Any] = []
+        #: the pool's handles of the batches running now, with when each was sent
+        self._handles: list[tuple[Any, float]] = []
+        #: a batch came back while a full one waited: hold it until the first message
+        #: fetched after the acks (the most urgent in Redis) has joined, or until then
+        self._refill_until: float | None = None
         # celery-batches flushes on every ``flush_every``-th arrival, whatever has been
         # dispatched since; disarmed: the handler's ``fills_a_batch`` decides instead
         self._count = itertools.repeat(1)
@@ -102,6 +109,11 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         if stale is not None:
             stale.cancel()
         self._tref = None
+        # a batch sent before the broker went away may never call back: forget the old
+        # consumer's handles rather than count a child busy forever (the worst is one
+        # batch queued in the pool behind a running one)
+        self._handles = []
+        self._refill_until = None
         strategy = super().Strategy(task, app, consumer)
         if self._ready or self._buffer.qsize() or self._pending.qsize():
             self._tref = consumer.timer.call_repeatedly(self._tick_s(), self._do_flush)
@@ -112,6 +124,7 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
                 self._first_arrival = now
             self._last_arrival = now
             started_timer = self._tref is None
+            self._refill_until = None  # the first message since the acks is here
             strategy(*args, **kwargs)  # buffers the request; starts the timer, flushes if full
             if started_timer and self._tref is not None and self.flush_idle_s > 0:
                 self._tref.cancel()
@@ -143,10 +156,18 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         self._stop_idle_timer()
 
     def _next_full_batch(self) -> None:
-        """A batch came back: a full batch waiting starts now; a partial one waits for the
-        flush rule's next tick (so a batch that came back mid-send does not cut the
-        arrivals behind it short)."""
+        """A batch came back: a full batch waiting starts with the next message to arrive,
+        or after ``REFILL_WAIT_S`` when none does; a partial one waits for the flush rule's
+        next tick (so a batch that came back mid-send does not cut the arrivals behind it
+        short).
+
+        The acks just freed the prefetch window, and the first message the worker fetches
+        is the most urgent one in Redis: an urgent request sent behind a backlog goes into
+        the very next batch instead of the one after it.
+        """
         self._collect()
+        if len(self._ready) >= int(self.flush_every):
+            self._refill_until = time.monotonic() + REFILL_WAIT_S
         self._dispatch(full_only=True)
         self._stop_idle_timer()
 
@@ -176,15 +197,24 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
             self._first_arrival = time.monotonic()
 
     def _dispatch(self, *, full_only: bool = False) -> None:
-        """Hand the ready requests to the pool as batches of at most ``flush_every``, the
-        most urgent first; ``full_only`` keeps a partial remainder for the next tick.
+        """Hand the ready requests to free children as batches of at most ``flush_every``,
+        the most urgent first; ``full_only`` keeps a partial remainder for the next tick.
 
-        Not gated on a free child: a batch handle whose callback never came (a child lost
-        across a broker restart) must never stall the queue. The pool holds at most the
-        prefetch window (two batches), which bounds how far a later urgent request waits.
+        A batch goes to the pool only when a child is free to start it: a batch queued in
+        the pool could no longer take a more urgent request that arrives meanwhile. Handles
+        never stall the queue: they are dropped once their batch is past its time limit,
+        and when the consumer restarts.
         """
         size = int(self.flush_every)
-        while self._ready and (len(self._ready) >= size or not full_only):
+        if self._refill_until is not None:
+            if time.monotonic() < self._refill_until:
+                return
+            self._refill_until = None
+        while (
+            self._ready
+            and (len(self._ready) >= size or not full_only)
+            and self._running() < self._children()
+        ):
             priorities = [priority_of(r.delivery_info.get("priority")) for r in self._ready]
             chosen = pick_batch(priorities, size)
             batch = [self._ready[i] for i in chosen]
@@ -203,8 +233,15 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         self._first_arrival = None
 
     def _running(self) -> int:
-        """Batches handed to the pool whose result has not come back."""
-        self._handles = [h for h in self._handles if not h.ready()]
+        """Batches handed to the pool whose result has not come back (nor could still:
+        past the hard time limit, with a margin for the pool to notice, it is not counted)."""
+        limit = float(self.time_limit) + HANDLE_GRACE_S if self.time_limit else None
+        now = time.monotonic()
+        self._handles = [
+            (handle, sent)
+            for handle, sent in self._handles
+            if not handle.ready() and (limit is None or now - sent < limit)
+        ]
         return len(self._handles)
 
     def _children(self) -> int:
@@ -259,7 +296,7 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
             soft_timeout=self.soft_time_limit,
         )
         if handle is not None:
-            self._handles.append(handle)
+            self._handles.append((handle, time.monotonic()))
         return handle
 
     def _returned(self, requests: Collection[Request], late: list[Request], result: Any) -> None:
