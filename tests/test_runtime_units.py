@@ -21,7 +21,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from config import Settings
 from worker.admission import Action, Ticket, count_start, screen
-from worker.batching.rules import BufferState, should_flush, starts_at_once, tick_s
+from worker.batching.rules import (
+    BufferState,
+    keeps_refilling,
+    should_flush,
+    starts_at_once,
+    tick_s,
+)
 from worker.errors import InsufficientMemory, InvalidInput, JobError
 from worker.execution import Executor
 from worker.families import BUILTIN_FAMILIES, load_families
@@ -99,6 +105,17 @@ def test_a_lone_arrival_with_a_child_free_starts_at_once() -> None:
     assert not starts_at_once(_state(buffered=1, in_flight=1), idle_s=0.05)
     assert starts_at_once(_state(buffered=1, in_flight=1, children=2), idle_s=0.05)
     assert not starts_at_once(_state(buffered=1), idle_s=0.0)
+
+
+def test_a_batch_waits_for_fetched_messages_only_while_they_are_more_urgent() -> None:
+    """After a batch's acks: an urgent arrival keeps the full batch of bulk waiting for the
+    next message; a bulk one, a batch already all urgent, or a partial buffer do not."""
+    bulk = [9] * 4
+    assert keeps_refilling(bulk, 0, 4)
+    assert keeps_refilling([0, *bulk], 0, 4)  # one urgent in: room for another
+    assert not keeps_refilling(bulk, 9, 4)
+    assert not keeps_refilling([0, 0, 0, 0, 9], 0, 4)
+    assert not keeps_refilling([9, 9], 0, 4)  # not a full batch: the flush rule decides
 
 
 # --- isolation -------------------------------------------------------------------------

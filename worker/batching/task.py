@@ -32,6 +32,7 @@ from worker.batching.rules import (
     REFILL_WAIT_S,
     BufferState,
     fills_a_batch,
+    keeps_refilling,
     pick_batch,
     priority_of,
     should_flush,
@@ -124,8 +125,15 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
                 self._first_arrival = now
             self._last_arrival = now
             started_timer = self._tref is None
-            self._refill_until = None  # the first message since the acks is here
-            strategy(*args, **kwargs)  # buffers the request; starts the timer, flushes if full
+            if self._refill_until is None:
+                strategy(*args, **kwargs)  # buffers it; starts the timer, flushes if full
+            else:  # fetched since a batch's acks: the most urgent message in Redis
+                self._collect()
+                waiting = [priority_of(r.delivery_info.get("priority")) for r in self._ready]
+                strategy(*args, **kwargs)
+                arrived = priority_of(getattr(args[0], "properties", {}).get("priority"))
+                more = keeps_refilling(waiting, arrived, int(self.flush_every))
+                self._refill_until = now + REFILL_WAIT_S if more else None
             if started_timer and self._tref is not None and self.flush_idle_s > 0:
                 self._tref.cancel()
                 self._tref = consumer.timer.call_repeatedly(self._tick_s(), self._do_flush)
@@ -156,14 +164,14 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         self._stop_idle_timer()
 
     def _next_full_batch(self) -> None:
-        """A batch came back: a full batch waiting starts with the next message to arrive,
-        or after ``REFILL_WAIT_S`` when none does; a partial one waits for the flush rule's
-        next tick (so a batch that came back mid-send does not cut the arrivals behind it
-        short).
+        """A batch came back: a full batch waiting starts once the messages fetched since
+        hold none more urgent than it (``keeps_refilling``), or ``REFILL_WAIT_S`` after the
+        last one when none comes; a partial one waits for the flush rule's next tick (so a
+        batch that came back mid-send does not cut the arrivals behind it short).
 
-        The acks just freed the prefetch window, and the first message the worker fetches
-        is the most urgent one in Redis: an urgent request sent behind a backlog goes into
-        the very next batch instead of the one after it.
+        The acks just freed the prefetch window and the worker fetches the most urgent
+        Redis list first: urgent requests sent behind a backlog go into the very next batch
+        instead of the one after it.
         """
         self._collect()
         if len(self._ready) >= int(self.flush_every):
