@@ -239,9 +239,9 @@ class Settings(BaseSettings):
     batch_prefetch: int = Field(
         2,
         ge=1,
-        description="Batches a child of a batched queue reserves. 2: the next batch is buffered "
-        "while one runs; an urgent job sent behind a backlog waits for both. 1: it waits only "
-        "for the batch running now, and the child idles while the next one is fetched.",
+        description="Batches a child of a batched queue reserves (its prefetch). 2: the next "
+        "batch is buffered while one runs; an urgent job behind a backlog finished in 1.35 "
+        "batches' time (p50). 1: 0.92 batches, at 0.94x the docs/s (bench.priority).",
     )
     tags_batch_size: int = Field(64, ge=1, description="Documents grouped per flush.")
     tags_flush_interval_s: float = Field(
