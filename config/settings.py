@@ -248,6 +248,13 @@ class Settings(BaseSettings):
         0.2, gt=0, description="Longest a buffered document waits for batch-mates."
     )
     tags_time_limit_s: int = Field(300, description="Hard time limit per tag batch.")
+    tags_vector_cache_mb: int = Field(
+        32,
+        ge=0,
+        description="Candidate-phrase vectors a tags child keeps (least recently used dropped "
+        "past this size): a phrase seen before is not embedded again, with identical results. "
+        "0 = no cache.",
+    )
 
     # --- automl ---------------------------------------------------------------------------
     automl_memory_budget_mb: int = Field(

@@ -284,6 +284,20 @@ def test_metrics_exporter_sees_queue_depth_rise_and_fall(ops: OpsStack) -> None:
     assert _value(after, "mlworker_worker_rss_bytes", queues="tags") > 50 * 1024 * 1024
     assert _value(after, "mlworker_worker_processes", queue="tags") >= 1
     assert _value(after, "mlworker_dead_letter_depth") == 0
+    # the candidate-vector cache: the same documents again find every phrase in it
+    misses = _value(after, "mlworker_tag_vector_cache_lookups_total", result="miss")
+    assert misses > 0 and _value(after, "mlworker_tag_vector_cache_bytes", queues="tags") > 0
+    again = [
+        ops.app.send_task("tasks.extract_tags", kwargs={"text": f"{TEXT} {i}", "top_n": 3})
+        for i in range(6)
+    ]
+    assert [job.get(timeout=180)["tags"] for job in again] == [r["tags"] for r in results]
+    _eventually(
+        lambda: _value(_scrape(port), "mlworker_tag_vector_cache_lookups_total", result="hit") > 0,
+        30,
+        "vector cache hits in the metrics",
+    )
+    assert _value(_scrape(port), "mlworker_tag_vector_cache_lookups_total", result="miss") == misses
 
     job_lines = [
         json.loads(line)

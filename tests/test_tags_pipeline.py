@@ -10,7 +10,7 @@ import pytest
 
 from config import Settings
 from tasks.tags.candidates import candidates_for, detect_language, stopwords
-from tasks.tags.embedder import SentenceEmbedder, TextEncoder, embed_distinct
+from tasks.tags.embedder import SentenceEmbedder, TextEncoder, VectorCache, embed_distinct
 from tasks.tags.models import BackendUnavailable, load_embedder
 from tasks.tags.options import TagOptions, TagResult, parse_request
 from tasks.tags.pipeline import extract_tags
@@ -50,6 +50,51 @@ def test_embeddings_bit_identical_alone_and_batched(encoder: TextEncoder) -> Non
     assert isinstance(encoder, SentenceEmbedder)
     reference = encoder.model.encode(texts, normalize_embeddings=True)
     assert np.allclose(np.stack([together[t] for t in texts]), reference, atol=1e-5)
+
+
+def test_vector_cache_gives_identical_tags_and_skips_known_phrases(encoder: TextEncoder) -> None:
+    """With a cache, tags are those computed without it, batch after batch; phrases seen
+    before are looked up, not embedded (the encoder sees only documents and new phrases)."""
+    docs = documents(16)
+    options = TagOptions(ngram_range=(1, 2), top_n=5)
+    plain = extract_tags(docs, options, encoder=encoder)
+    cache = VectorCache(64 * 1024 * 1024)
+    first = extract_tags(docs[:8], options, encoder=encoder, cache=cache)
+    assert cache.hits == 0 and cache.misses == len(cache) > 0
+    seen = cache.misses
+    embedded: list[str] = []
+
+    class Counting:
+        max_length = encoder.max_length
+        token_lengths = staticmethod(encoder.token_lengths)
+
+        def encode(self, texts: list[str], length: int) -> np.ndarray:
+            embedded.extend(t for t in texts if t)
+            return encoder.encode(texts, length)
+
+    again = extract_tags(docs, options, encoder=Counting(), cache=cache)
+    assert first == plain[:8] and again == plain
+    assert cache.hits == seen  # every phrase of the first eight documents came back
+    known = {p for doc in docs[:8] for p in candidates_for(doc, options).phrases}
+    phrases = {p for doc in docs for p in candidates_for(doc, options).phrases}
+    assert set(embedded) == set(docs) | (phrases - known)
+
+
+def test_vector_cache_stays_within_its_size_dropping_the_least_recently_used() -> None:
+    """Entries are counted as CPython holds them; past the cap the oldest lookup goes."""
+    row = np.ones(384, dtype=np.float32)
+    probe = VectorCache(10**9)
+    probe.store({"alpha": row})
+    entry = probe.nbytes
+    assert entry > row.nbytes  # key, array object and dict entry counted too
+    cache = VectorCache(3 * entry)
+    cache.store({"alpha": row, "bravo": row, "delta": row})
+    assert set(cache.lookup(["alpha"])) == {"alpha"}  # alpha is now the most recent
+    cache.store({"gamma": row})
+    assert set(cache.lookup(["alpha", "bravo", "delta", "gamma"])) == {"alpha", "delta", "gamma"}
+    assert cache.nbytes <= cache.max_bytes and len(cache) == 3
+    stored = cache.lookup(["alpha"])["alpha"]
+    assert not stored.flags.writeable and stored.base is None  # a copy, not a view
 
 
 def test_english_tags_identical_alone_and_in_batch_of_64(encoder: TextEncoder) -> None:

@@ -115,8 +115,16 @@ MODEL_LOAD = Spec(
     ("model",),
     (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
 )
+VECTOR_CACHE_LOOKUPS = Spec(
+    "mlworker_tag_vector_cache_lookups",
+    "counter",
+    "Candidate phrases looked up in the tags children's vector caches: hit (not embedded "
+    "again) or miss.",
+    ("result",),
+)
 SPECS = {spec.name: spec for spec in (JOB_DURATION, JOBS, LIGHTWEIGHT_JOBS, GUARD_REFUSALS,
-                                      BATCH_SIZE, BATCH_FLUSHES, MODEL_LOAD)}  # fmt: skip
+                                      BATCH_SIZE, BATCH_FLUSHES, MODEL_LOAD,
+                                      VECTOR_CACHE_LOOKUPS)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -166,8 +174,15 @@ class MetricsStore:
             pipe.hincrby(METRICS_KEY, _field(spec.name, obs.labels, f"le={le}"), 1)
         pipe.execute()
 
-    def heartbeat(self, node: str, queues: Sequence[str], models: Sequence[str], rss: int) -> None:
-        """Publish this child's RSS (expires unless refreshed)."""
+    def heartbeat(
+        self,
+        node: str,
+        queues: Sequence[str],
+        models: Sequence[str],
+        rss: int,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        """Publish this child's RSS and ``extra`` fields (expires unless refreshed)."""
         key = f"{PROCESS_KEY_PREFIX}{socket.gethostname()}:{os.getpid()}"
         fields = {
             "node": node,
@@ -178,6 +193,7 @@ class MetricsStore:
             # this child's own guard thresholds: workers of one queue may differ from another's
             "soft_rss_bytes": str(self.settings.memory_soft_rss_mb * 1024 * 1024),
             "hard_rss_bytes": str(self.settings.memory_hard_rss_mb * 1024 * 1024),
+            **(extra or {}),
         }
         pipe = self.client.pipeline(transaction=False)
         for name, value in fields.items():
@@ -394,6 +410,11 @@ class MlworkerCollector(Collector):
             for field, which in (("soft_rss_bytes", "soft (lightweight)"),
                                  ("hard_rss_bytes", "hard (refuse and recycle)"))
         }  # fmt: skip
+        limits["vector_cache_bytes"] = GaugeMetricFamily(
+            "mlworker_tag_vector_cache_bytes",
+            "Bytes in a tags child's candidate-vector cache (see MLWORKER_TAGS_VECTOR_CACHE_MB).",
+            labels=["node", "pid", "queues"],
+        )
         per_queue: dict[str, int] = dict.fromkeys(self.queues, 0)
         for proc in processes:
             labels = [proc.get("node", ""), proc.get("pid", ""), proc.get("queues", "")]

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +140,26 @@ def _model_loads() -> list[Observation]:
     return found
 
 
+#: what a handler adds to each report: observations since its last call, heartbeat fields
+Reporter = Callable[[], tuple[list[Observation], dict[str, str]]]
+_reporters: list[Reporter] = []
+
+
+def add_reporter(reporter: Reporter) -> None:
+    """Have ``reporter`` add to every report this process sends (a handler's own metrics)."""
+    _reporters.append(reporter)
+
+
+def _reported() -> tuple[list[Observation], dict[str, str]]:
+    observations: list[Observation] = []
+    fields: dict[str, str] = {}
+    for reporter in _reporters:
+        more, found = reporter()
+        observations += more
+        fields.update(found)
+    return observations, fields
+
+
 def _report(records: list[JobRecord], extra: list[Observation]) -> None:
     """Log each job and record its metrics; a dead Redis costs a log line, not the job."""
     rss = _rss()
@@ -156,8 +176,9 @@ def _report(records: list[JobRecord], extra: list[Observation]) -> None:
     if store is None:
         return
     try:
-        store.record([obs for record in records for obs in record.observations()] + extra)
-        store.heartbeat(_child.node, _child.queues, registry.loaded_names(), rss)
+        more, fields = _reported()
+        store.record([obs for r in records for obs in r.observations()] + extra + more)
+        store.heartbeat(_child.node, _child.queues, registry.loaded_names(), rss, fields)
     except Exception as exc:  # noqa: BLE001 - metrics must never fail a job
         log.warning("metrics not recorded: %r", exc)
 

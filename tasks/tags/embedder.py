@@ -17,8 +17,9 @@ A lone document pays for the filler: ~1.4x its tag time alone, nothing in a batc
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
+import sys
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,6 +34,8 @@ PAD_MULTIPLE = 8
 #: fewest tokens in one forward pass (rows x padded length): smaller passes are filled up
 #: with empty texts, since below this the kernels' result depends on the pass's size
 MIN_PASS_TOKENS = 256
+#: an OrderedDict entry's own cost beyond its key and value objects (CPython 3.11, 64-bit)
+CACHE_ENTRY_BYTES = 100
 
 
 class TextEncoder(Protocol):
@@ -113,3 +116,53 @@ def embed_distinct(encoder: TextEncoder, texts: Iterable[str]) -> dict[str, Vect
             filled = encoder.encode(chunk + [""] * (rows - len(chunk)), length)
             vectors.update(zip(chunk, filled[: len(chunk)], strict=True))
     return vectors
+
+
+class VectorCache:
+    """Vectors of texts embedded before, the least recently used dropped past ``max_bytes``.
+
+    A text's vector depends on the text alone (``embed_distinct``), so a cached vector is,
+    bit for bit, the one a fresh pass would give: results are the same with the cache, only
+    cheaper when phrases come back (a worker sees the same candidate phrases across many
+    documents). ``nbytes`` counts the key, the vector and the entry, as CPython holds them.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, Vector] = OrderedDict()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, texts: Iterable[str]) -> dict[str, Vector]:
+        """The cached vectors among ``texts`` (each distinct text counted once)."""
+        found: dict[str, Vector] = {}
+        for text in dict.fromkeys(texts):
+            vector = self._entries.get(text)
+            if vector is None:
+                self.misses += 1
+                continue
+            self._entries.move_to_end(text)
+            found[text] = vector
+            self.hits += 1
+        return found
+
+    def store(self, vectors: Mapping[str, Vector]) -> None:
+        """Keep ``vectors`` (copied: a row of a pass would hold the whole pass alive)."""
+        for text, vector in vectors.items():
+            if text in self._entries:
+                continue
+            row = np.array(vector, dtype=np.float32, copy=True)
+            row.flags.writeable = False
+            self._entries[text] = row
+            self.nbytes += _entry_bytes(text, row)
+        while self.nbytes > self.max_bytes and self._entries:
+            text, row = self._entries.popitem(last=False)
+            self.nbytes -= _entry_bytes(text, row)
+
+
+def _entry_bytes(text: str, row: Vector) -> int:
+    return sys.getsizeof(text) + sys.getsizeof(row) + CACHE_ENTRY_BYTES

@@ -1,10 +1,11 @@
 """Tag many documents at once, each exactly as if it were alone. Imports nothing from Celery.
 
 Three steps: cut candidates per document (``candidates_for``), embed the union of documents
-and distinct candidates once (``embed_distinct``: deduplicated, bit-identical per text), then
-rank each document's own candidates against its own vector: by cosine similarity, skipping
-a phrase that shares a word with a better one (``distinct_best``), or by KeyBERT's MMR when
-``diversity`` is set (MMR has its own way of keeping near-duplicates out).
+and distinct candidates once (``embed_distinct``: deduplicated, bit-identical per text; with
+a ``VectorCache``, only the candidates it lacks), then rank each document's own candidates
+against its own vector: by cosine similarity, skipping a phrase that shares a word with a
+better one (``distinct_best``), or by KeyBERT's MMR when ``diversity`` is set (MMR has its
+own way of keeping near-duplicates out).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from itertools import chain
 import numpy as np
 
 from tasks.tags.candidates import MAX_CANDIDATES, SEGMENTED, Candidates, candidates_for
-from tasks.tags.embedder import TextEncoder, Vector, embed_distinct
+from tasks.tags.embedder import TextEncoder, Vector, VectorCache, embed_distinct
 from tasks.tags.mmr import mmr
 from tasks.tags.options import Tag, TagOptions, TagResult
 from tasks.tags.overlap import distinct_best
@@ -30,6 +31,7 @@ def extract_tags(
     *,
     encoder: TextEncoder,
     max_candidates: int = MAX_CANDIDATES,
+    cache: VectorCache | None = None,
 ) -> list[TagResult]:
     """Tags for each of ``docs``, in order.
 
@@ -38,6 +40,8 @@ def extract_tags(
         options: one ``TagOptions`` for all documents, or one per document.
         encoder: the loaded embedding model (``registry.get("embedder").model``).
         max_candidates: candidates embedded per document (the most frequent).
+        cache: candidate vectors embedded before by this ``encoder``; the phrases it lacks
+            are embedded and added. Documents are not cached: they seldom come back.
     """
     per_doc = [options] * len(docs) if isinstance(options, TagOptions) else list(options)
     if len(per_doc) != len(docs):
@@ -45,7 +49,12 @@ def extract_tags(
     cut = [
         candidates_for(doc, opts, max_candidates) for doc, opts in zip(docs, per_doc, strict=True)
     ]
-    vectors = embed_distinct(encoder, chain(docs, *(c.phrases for c in cut)))
+    phrases = list(dict.fromkeys(chain.from_iterable(c.phrases for c in cut)))
+    known = cache.lookup(phrases) if cache is not None else {}
+    vectors = embed_distinct(encoder, chain(docs, (p for p in phrases if p not in known)))
+    if cache is not None:
+        cache.store({p: vectors[p] for p in phrases if p not in known})
+    vectors.update(known)
     return [
         _rank(vectors[doc], candidates, vectors, opts)
         for doc, candidates, opts in zip(docs, cut, per_doc, strict=True)
