@@ -88,8 +88,9 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         self._ready: list[Request] = []
         #: the pool's handles of the batches running now, with when each was sent
         self._handles: list[tuple[Any, float]] = []
-        #: a batch came back while a full one waited: hold it until the first message
-        #: fetched after the acks (the most urgent in Redis) has joined, or until then
+        #: a batch came back while a full one waited: the next batch is held until this
+        #: monotonic time, pushed on while the messages fetched since the acks are more
+        #: urgent than it (``keeps_refilling``); None: not held
         self._refill_until: float | None = None
         # celery-batches flushes on every ``flush_every``-th arrival, whatever has been
         # dispatched since; disarmed: the handler's ``fills_a_batch`` decides instead
