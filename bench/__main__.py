@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from bench import automl, profiles, report, tags, transcription
+from bench import automl, profiles, real_tags, report, tags, transcription
 from bench.harness import REPO, Stack, progress
 from bench.plan import make_plan
 from config import get_settings
@@ -90,6 +90,8 @@ def main() -> None:
     started = time.perf_counter()
     with Stack() as stack:
         results["tags"] = tags.run(stack, plan)
+        progress("tags: real abstracts, queue vs naive vs in-process vs KeyBERT")
+        results["real_tags"] = real_tags.run(stack, plan.real_tags_docs, plan.real_tags_rounds)
         results["transcription"] = transcription.run(stack, plan)
         results["automl"] = automl.run(stack, plan)
         results["memory"] = memory_table(results)

@@ -17,6 +17,9 @@ class Plan:
 
     quick: bool
     tags_docs: int
+    #: real abstracts per mode in ``bench.real_tags`` (>= 500 in a full run), and rounds
+    real_tags_docs: int
+    real_tags_rounds: int
     tags_batch_sizes: tuple[int, ...]
     tags_worker_batch_sizes: tuple[int, ...]
     default_tags_batch: int
@@ -43,6 +46,8 @@ def make_plan(quick: bool) -> Plan:
         return Plan(
             quick=True,
             tags_docs=32,
+            real_tags_docs=64,
+            real_tags_rounds=1,
             tags_batch_sizes=BATCH_SIZES,
             # one worker start costs ~12 s here; quick mode sweeps batch size in process only
             tags_worker_batch_sizes=(default,),
@@ -63,6 +68,8 @@ def make_plan(quick: bool) -> Plan:
     return Plan(
         quick=False,
         tags_docs=192,
+        real_tags_docs=512,
+        real_tags_rounds=2,
         tags_batch_sizes=BATCH_SIZES,
         tags_worker_batch_sizes=tuple(sorted({*BATCH_SIZES, default})),
         default_tags_batch=default,

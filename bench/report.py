@@ -44,6 +44,22 @@ def table(results: dict[str, Any]) -> str:
         f"1 process {_f(t['batched_task']['docs_per_s'][default])} | "
         f"{t['ratios']['two_vs_one_process']:.2f}x |",
     ]
+    real = results.get("real_tags")
+    if real:
+        q = real["docs_per_s"]
+        mean = {mode: sum(v) / len(v) for mode, v in q.items()}
+        head = (
+            f"tags docs/s, {real['docs']} real abstracts ({real['backend']}, "
+            f"{real['rounds']} rounds)"
+        )
+        lines += [
+            f"| {head} | {_f(mean['queue'])} | KeyBERT list mode {_f(mean['keybert'])} | "
+            f"{real['ratios']['queue_vs_keybert']:.2f}x |",
+            f"| {head} | {_f(mean['queue'])} | naive per-doc task {_f(mean['naive'])} | "
+            f"{real['ratios']['queue_vs_naive']:.2f}x |",
+            f"| {head} | {_f(mean['queue'])} | in-process {_f(mean['in-process'])} | "
+            f"{100 * real['ratios']['queue_vs_in_process']:.0f}% |",
+        ]
     for rate in ("low", "saturating"):
         b, n = lat_b[rate], lat_n[rate]
         lines.append(

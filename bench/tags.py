@@ -12,10 +12,11 @@ from datetime import UTC
 from itertools import cycle, islice
 from typing import Any
 
-from bench.harness import Stack, progress, summary, worker_rss
+from bench.harness import MODEL_CACHE, Stack, progress, summary, worker_rss
 from bench.plain_tags import PLAIN_TASK
 from bench.plan import Plan
 from config import Settings
+from tasks.tags.embedder import VectorCache
 from tasks.tags.models import load_embedder
 from tasks.tags.options import TagOptions
 from tasks.tags.pipeline import extract_tags
@@ -38,15 +39,20 @@ def docs(count: int, offset: int = 0) -> list[str]:
 
 
 def in_process(plan: Plan) -> dict[int, float]:
-    """Docs/s of ``extract_tags`` alone at each batch size: the limit for the worker."""
-    encoder = load_embedder(Settings(embedder_device="cpu")).model  # type: ignore[call-arg]
-    extract_tags(docs(WARM_UP_DOCS), TagOptions(), encoder=encoder)
+    """Docs/s of ``extract_tags`` alone at each batch size: the limit for the worker.
+
+    As a worker runs it: its backend and model cache (auto: the INT8 export the workers
+    load), and a vector cache that has seen the same warm-up documents."""
+    settings = Settings(embedder_device="cpu", model_cache_dir=MODEL_CACHE)  # type: ignore[call-arg]
+    encoder = load_embedder(settings).model
     rates = {}
     texts = docs(plan.tags_docs)
     for size in plan.tags_batch_sizes:
+        cache = VectorCache(settings.tags_vector_cache_mb * 1024 * 1024)
+        extract_tags(docs(WARM_UP_DOCS), TagOptions(), encoder=encoder, cache=cache)
         started = time.perf_counter()
         for start in range(0, len(texts), size):
-            extract_tags(texts[start : start + size], TagOptions(), encoder=encoder)
+            extract_tags(texts[start : start + size], TagOptions(), encoder=encoder, cache=cache)
         rates[size] = len(texts) / (time.perf_counter() - started)
         progress(f"  in-process batch {size}: {rates[size]:.1f} docs/s")
     del encoder

@@ -211,8 +211,11 @@ class Settings(BaseSettings):
         description="sentence-transformers model: 'bundled:all-MiniLM-L6-v2', a local dir, "
         "or a hub name.",
     )
-    embedder_backend: Literal["torch", "torch-fp16", "onnx", "onnx-int8"] = Field(
-        "torch", description="Embedder backend (torch-fp16 needs CUDA; on CPU it stays FP32)."
+    embedder_backend: Literal["auto", "torch", "torch-fp16", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="Embedder backend. auto: onnx-int8 on CPU (exported once into the model "
+        "cache if missing; torch FP32 if that fails), torch on a CUDA GPU. torch-fp16 needs "
+        "CUDA (on CPU it stays FP32).",
     )
     embedder_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device.")
     embedder_min_cosine: float = Field(

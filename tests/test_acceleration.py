@@ -49,7 +49,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def fp32() -> TextEncoder:
     """The torch FP32 reference encoder."""
-    encoder: TextEncoder = load_embedder(Settings(embedder_device="cpu", threads_per_child=2)).model
+    settings = Settings(embedder_device="cpu", embedder_backend="torch", threads_per_child=2)
+    encoder: TextEncoder = load_embedder(settings).model
     return encoder
 
 
@@ -210,6 +211,50 @@ def test_onnx_path_imports_no_torch(cache: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_auto_builds_the_int8_export_once_and_imports_no_torch(tmp_path: Path) -> None:
+    """The default backend on CPU: an empty model cache gets its INT8 export built (in a
+    subprocess) and verified, the worker process loads it without importing torch, and a
+    second load uses what is there."""
+    import subprocess
+
+    code = (
+        "import sys, json; from pathlib import Path; from config import Settings;"
+        "from tasks.tags.models import load_embedder; from tasks.tags.onnx import export_dir;"
+        f"s = Settings(model_cache_dir=Path({str(tmp_path)!r}), embedder_device='cpu',"
+        " threads_per_child=2);"
+        "first = load_embedder(s); d = export_dir(s.model_cache_dir, s.embedder_model,"
+        " 'onnx-int8'); built = (d / 'model.onnx').stat().st_mtime_ns;"
+        "second = load_embedder(s);"
+        "print(json.dumps([first.backend, first.details['requested_backend'], second.backend,"
+        " built == (d / 'model.onnx').stat().st_mtime_ns, 'torch' in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600
+    )
+    assert out.stdout.strip().splitlines()[-1] == (
+        '["onnx-int8", "auto", "onnx-int8", true, false]'
+    ), out.stderr[-2000:]
+    manifest = ExportManifest.read(
+        tmp_path / "embedders" / "bundled_all-MiniLM-L6-v2" / "onnx-int8"
+    )
+    assert manifest.usable and manifest.quantization == "int8-per-row"
+
+
+def test_auto_falls_back_to_torch_when_int8_fails_verification(
+    cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A floor the INT8 build cannot meet (min cos 0.9999): auto rebuilds it, the
+    verification refuses it, and the worker runs torch FP32 and says why in the log."""
+    import shutil
+
+    own = tmp_path / "cache"
+    shutil.copytree(cache, own)
+    with caplog.at_level(logging.WARNING, logger="tasks.tags.models"):
+        loaded = load_embedder(_settings(own, embedder_min_cosine=0.9999))
+    assert loaded.backend == "torch" and loaded.details["requested_backend"] == "auto"
+    assert any("running torch FP32 instead" in r.getMessage() for r in caplog.records)
 
 
 def test_mmr_matches_keybert() -> None:

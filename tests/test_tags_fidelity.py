@@ -54,7 +54,10 @@ KOREAN_ENDINGS = (
 
 @pytest.fixture(scope="module")
 def encoder() -> TextEncoder:
-    loaded = load_embedder(Settings(embedder_device="cpu", threads_per_child=1))
+    # torch FP32: the very model KeyBERT runs, so the picks can be compared one for one
+    loaded = load_embedder(
+        Settings(embedder_device="cpu", embedder_backend="torch", threads_per_child=1)
+    )
     model: TextEncoder = loaded.model
     return model
 

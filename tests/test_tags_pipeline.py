@@ -23,8 +23,10 @@ JAPANESE_WORD = re.compile(r"^[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fffー]{2,}$"
 
 @pytest.fixture(scope="module")
 def encoder() -> TextEncoder:
-    """The bundled all-MiniLM-L6-v2 loaded the way a worker child loads it."""
-    loaded = load_embedder(Settings(embedder_device="cpu", threads_per_child=1))
+    """The bundled all-MiniLM-L6-v2 on torch FP32 (the reference: KeyBERT's own model)."""
+    loaded = load_embedder(
+        Settings(embedder_device="cpu", embedder_backend="torch", threads_per_child=1)
+    )
     assert loaded.backend == "torch"
     model: TextEncoder = loaded.model
     return model

@@ -34,9 +34,12 @@ SEEDS = Path(__file__).parent / "fixtures" / "text" / "seeds"
 
 
 @pytest.fixture(scope="module")
-def expected() -> Callable[[list[str]], list[list[dict[str, Any]]]]:
-    """In-process tags (no queue) to compare worker results with."""
-    encoder = load_embedder(Settings(embedder_device="cpu", threads_per_child=1)).model
+def expected(stack_dirs: dict[str, Path]) -> Callable[[list[str]], list[list[dict[str, Any]]]]:
+    """In-process tags (no queue) on the workers' default backend, to compare results with."""
+    settings = Settings(
+        embedder_device="cpu", threads_per_child=1, model_cache_dir=stack_dirs["cache"]
+    )
+    encoder = load_embedder(settings).model
 
     def tags_of(docs: list[str]) -> list[list[dict[str, Any]]]:
         return [r.as_dict()["tags"] for r in extract_tags(docs, TagOptions(), encoder=encoder)]
@@ -77,7 +80,10 @@ class TestBatchedWorker:
         payloads = [r.get(timeout=RESULT_TIMEOUT_S) for r in results]
         assert [p["tags"] for p in payloads] == expected(docs)
         for payload in payloads:
-            assert payload["backend"] == "torch" and payload["mode"] in ("normal", "lightweight")
+            assert payload["backend"] == "onnx-int8" and payload["mode"] in (
+                "normal",
+                "lightweight",
+            )
             assert payload["model"]["model_id"] == "bundled:all-MiniLM-L6-v2"
             assert payload["language"] == "en" and len(payload["tags"]) == 5
         assert max(p["batch"]["size"] for p in payloads) == 64
