@@ -195,6 +195,16 @@ class Settings(BaseSettings):
         0.5, gt=0, description="Longest a buffered clip waits for batch-mates."
     )
     transcribe_time_limit_s: int = Field(1800, description="Hard time limit per transcribe job.")
+    transcribe_fanout_after_s: float = Field(
+        600.0,
+        ge=0,
+        description="A recording (audio_path) longer than this is split at silences into "
+        "chunks that run as their own jobs on any transcribe worker and are stitched under "
+        "the job's id; 0 = never.",
+    )
+    transcribe_fanout_chunk_s: float = Field(
+        120.0, ge=5, description="Length a fanned-out recording's chunks aim at (seconds)."
+    )
     whisper_batched: Literal["auto", "on", "off"] = Field(
         "auto",
         description="faster-whisper's BatchedInferencePipeline for audio over 30 s and for "

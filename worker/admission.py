@@ -56,6 +56,9 @@ class Ticket:
     queue: str | None = None
     #: the message's priority (kombu's Redis levels: 0 most urgent); a requeue keeps it
     priority: int | None = None
+    #: what follows the job: ``callbacks``, ``errbacks``, ``chain``, ``root_id``,
+    #: ``parent_id`` (as the message carried them); kept when the job is ``Deferred``
+    followups: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,11 @@ def count_delivery(app: Celery, task_id: str) -> int:
     return int(count)
 
 
+def forget_starts(client: Any, task_id: str) -> None:
+    """Start counting ``task_id`` afresh (a deferred job's resumed run is a new start)."""
+    client.delete(DELIVERY_KEY + task_id)
+
+
 def previous_starts(app: Celery, task_ids: list[str]) -> list[int]:
     """How many times each of ``task_ids`` was started before (one MGET, no increment)."""
     if not task_ids:

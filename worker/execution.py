@@ -26,11 +26,11 @@ from typing import Any, Generic, Protocol
 from celery import Celery
 
 from config import Settings
-from worker import webhooks
+from worker import deferred, webhooks
 from worker.admission import Action, Gate, Ticket
-from worker.delivery import DeadLettered
+from worker.delivery import DeadLettered, forget_starts
 from worker.errors import InsufficientMemory, InvalidInput
-from worker.handler import Handler, Item, Outcome, Produced, RunContext, RunMode
+from worker.handler import Deferred, Handler, Item, Outcome, Produced, RunContext, RunMode
 from worker.isolation import run_isolated
 from worker.memory import MemoryGuard, collect_garbage
 from worker.registry import registry
@@ -90,6 +90,8 @@ class Executor(Generic[Item]):
     def execute(self, tickets: Sequence[Ticket], batch_size: int, sink: Sink) -> None:
         """Admit, parse and run ``tickets``; every ticket ends in exactly one ``sink`` call."""
         sink = webhooks.RecordingSink(sink, self.store.backend.client, self.settings)
+        if callable(getattr(self.handler, "ended", None)):
+            sink = _TellHandler(sink, self.handler)
         check, decisions = self.gate.screen(tickets)
         mode = RunMode.from_check(check)
         fresh: list[_Admitted[Item]] = []
@@ -154,11 +156,24 @@ class Executor(Generic[Item]):
         for job, outcome in zip(admitted, outcomes, strict=True):
             if isinstance(outcome, Produced):
                 sink.success(job.ticket, self._envelope(outcome, started))
+            elif isinstance(outcome, Deferred):
+                self._defer(job.ticket, outcome, sink)
             elif isinstance(outcome, MemoryError):
                 sink.failure(job.ticket, _out_of_memory(outcome))
-            else:
+            elif isinstance(outcome, BaseException):
                 sink.failure(job.ticket, outcome)
         self.guard.job_done(len(admitted))  # one gc check per group: a full gc costs ~0.1-0.3 s
+
+    def _defer(self, ticket: Ticket, outcome: Deferred, sink: Sink) -> None:
+        """Ack the job without a result; keep how to send it again (``worker.deferred``)."""
+        if not self.batched:
+            sink.failure(ticket, RuntimeError("only a batched task's job can be deferred"))
+            return
+        ttl = int(self.settings.result_expires_s) if self.settings.result_expires_s else 86400
+        deferred.keep(self.store.backend.client, ticket, ttl)
+        forget_starts(self.store.backend.client, ticket.id)  # its resumed run starts afresh
+        log.info("job %s deferred: %s", ticket.id, outcome.reason)
+        sink.skipped(ticket)
 
     def _attempt(self, group: Sequence[_Admitted[Item]], mode: RunMode) -> list[Outcome]:
         """``group`` in ``mode``; what ran out of memory in normal mode, once more light."""
@@ -183,6 +198,8 @@ class Executor(Generic[Item]):
             job_ids=[job.ticket.id for job in group],
             settings=self.settings,
             progress=_Progress(self.store, [job.ticket.id for job in group]),
+            queues=[job.ticket.queue for job in group],
+            priorities=[job.ticket.priority for job in group],
         )
         try:
             raise_memory_error((job.hooks for job in group), mode.lightweight)
@@ -207,6 +224,36 @@ class Executor(Generic[Item]):
         if self.batched:
             result.setdefault("batch", produced.batch)
         return result
+
+
+class _TellHandler:
+    """A sink that tells the handler (``EndListener``) of each job's stored end."""
+
+    def __init__(self, sink: Sink, handler: Any) -> None:
+        self.sink = sink
+        self.handler = handler
+
+    def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
+        self.sink.success(ticket, result)
+        self._tell(ticket, result, None)
+
+    def failure(self, ticket: Ticket, exc: BaseException) -> None:
+        self.sink.failure(ticket, exc)
+        self._tell(ticket, None, exc)
+
+    def requeued(self, ticket: Ticket) -> None:
+        self.sink.requeued(ticket)
+
+    def skipped(self, ticket: Ticket) -> None:
+        self.sink.skipped(ticket)
+
+    def _tell(
+        self, ticket: Ticket, result: dict[str, Any] | None, error: BaseException | None
+    ) -> None:
+        try:
+            self.handler.ended(dict(ticket.kwargs), result, error)
+        except Exception as exc:  # noqa: BLE001 - the job's end is stored already
+            log.error("after job %s: %r", ticket.id, exc, exc_info=exc)
 
 
 def _out_of_memory(exc: MemoryError) -> InsufficientMemory:

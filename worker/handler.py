@@ -57,9 +57,20 @@ class Produced:
     batch: dict[str, Any] = field(default_factory=dict)
 
 
-#: what ``run`` returns per item: a result, a ``JobError`` that fails that item alone, or a
-#: ``MemoryError`` that sends that item to lightweight mode (in lightweight mode: fails it)
-Outcome = Produced | JobError | MemoryError
+@dataclass
+class Deferred:
+    """The item's work was handed to other jobs (a long recording's chunks): its message is
+    acked with no result stored, and what follows the job (its chain, links, callback) is
+    kept so that ``worker.deferred.resume`` can send the job again, under the same id, to
+    finish it. Batched tasks only."""
+
+    reason: str = ""
+
+
+#: what ``run`` returns per item: a result, a ``JobError`` that fails that item alone, a
+#: ``MemoryError`` that sends that item to lightweight mode (in lightweight mode: fails it),
+#: or ``Deferred`` (finished later, by a job it started)
+Outcome = Produced | JobError | MemoryError | Deferred
 
 
 class ProgressSink(Protocol):
@@ -76,6 +87,9 @@ class RunContext:
     settings: Settings
     #: ``progress(index, fraction[, phase])``: item ``index`` is ``fraction`` (0..1) done
     progress: ProgressSink
+    #: the items' queues and priorities, as delivered (what jobs a handler starts inherit)
+    queues: Sequence[str | None] = ()
+    priorities: Sequence[int | None] = ()
 
 
 class Handler(Protocol[Item]):
@@ -88,3 +102,14 @@ class Handler(Protocol[Item]):
     def run(self, items: Sequence[Item], mode: RunMode, context: RunContext) -> Sequence[Outcome]:
         """One outcome per item, in order, computed in ``mode``."""
         ...
+
+
+class EndListener(Protocol):
+    """A handler that also wants to hear of each job's end once it is stored (optional:
+    ``ended(kwargs, result, error)``, the job's kwargs as delivered, exactly one of
+    ``result`` and ``error`` set). Called in the child, after the result or failure is
+    stored; the transcription family counts a long recording's finished chunks with it."""
+
+    def ended(
+        self, kwargs: dict[str, Any], result: dict[str, Any] | None, error: BaseException | None
+    ) -> None: ...

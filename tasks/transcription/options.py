@@ -78,11 +78,28 @@ class AudioSource:
 
 
 @dataclass(frozen=True)
+class ChunkRef:
+    """A chunk job of a fanned-out recording: seconds ``start_s``..``end_s`` of the audio,
+    the ``index``-th chunk of job ``parent`` (whose fan-out ``token`` it carries)."""
+
+    parent: str
+    token: str
+    index: int
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
 class TranscriptionJob:
-    """One parsed job: its audio source and decoding options."""
+    """One parsed job: its audio source and decoding options; for a long recording's parts,
+    which chunk it is (``chunk``) or the token of the fan-out it stitches (``stitch``)."""
 
     source: AudioSource
     options: TranscribeOptions
+    chunk: ChunkRef | None = None
+    stitch: str | None = None
+    #: the kwargs it was parsed from, less the fan-out fields (chunks are made from them)
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -227,9 +244,41 @@ def _whisper_languages() -> frozenset[str]:
 
 
 def parse_request(kwargs: Mapping[str, Any], settings: Settings) -> TranscriptionJob:
-    """Validate a message's kwargs; every problem is an ``InvalidInput`` naming its field."""
-    request = TranscribeRequest.parse(kwargs, settings=settings)
-    return TranscriptionJob(source=_source(request, settings), options=request.options)
+    """Validate a message's kwargs; every problem is an ``InvalidInput`` naming its field.
+
+    ``fanout`` and ``fanout_stitch`` are set by workers on a long recording's chunk and
+    stitch messages (``tasks.transcription.chunks``); a job that names a fan-out that is
+    not running fails there, on the worker that can look it up."""
+    plain = dict(kwargs)
+    chunk = _chunk(plain.pop("fanout")) if "fanout" in plain else None
+    stitch = plain.pop("fanout_stitch", None)
+    if stitch is not None and (not isinstance(stitch, str) or not stitch):
+        raise InvalidInput("fanout_stitch", "must be a fan-out token")
+    request = TranscribeRequest.parse(plain, settings=settings)
+    return TranscriptionJob(
+        source=_source(request, settings),
+        options=request.options,
+        chunk=chunk,
+        stitch=stitch,
+        kwargs=plain,
+    )
+
+
+def _chunk(value: object) -> ChunkRef:
+    """The ``fanout`` field of a chunk message."""
+    keys = {"parent", "token", "index", "start_s", "end_s"}
+    if not isinstance(value, dict) or set(value) != keys:
+        raise InvalidInput("fanout", f"must be an object with exactly {sorted(keys)}")
+    parent, token, index = value["parent"], value["token"], value["index"]
+    start, end = value["start_s"], value["end_s"]
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (start, end))
+    if not (isinstance(parent, str) and parent and isinstance(token, str) and token):
+        raise InvalidInput("fanout", "parent and token must be non-empty strings")
+    if not (isinstance(index, int) and not isinstance(index, bool) and index >= 0):
+        raise InvalidInput("fanout", "index must be a non-negative integer")
+    if not numbers or not 0 <= start < end:
+        raise InvalidInput("fanout", "start_s and end_s must be seconds with 0 <= start < end")
+    return ChunkRef(parent, token, index, float(start), float(end))
 
 
 def _source(request: TranscribeRequest, settings: Settings) -> AudioSource:

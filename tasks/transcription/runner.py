@@ -19,7 +19,7 @@ from faster_whisper import WhisperModel
 
 from config import Settings
 from tasks.transcription import pipeline
-from tasks.transcription.audio import DecodedAudio, DurationPolicy, load_audio
+from tasks.transcription.audio import SAMPLE_RATE, DecodedAudio, DurationPolicy, load_audio
 from tasks.transcription.models import (
     WHISPER,
     WHISPER_LIGHTWEIGHT,
@@ -37,6 +37,16 @@ log = logging.getLogger(__name__)
 
 #: (request index, fraction of its audio done)
 Progress = Callable[[int, float], None]
+#: (request index, its decoded audio) -> True when the job was sent out as chunks
+FanOut = Callable[[int, DecodedAudio], bool]
+
+
+def _stretch(audio: DecodedAudio, start_s: float, end_s: float) -> DecodedAudio:
+    """Seconds ``start_s``..``end_s`` of ``audio`` (a chunk's part of its recording)."""
+    start, end = int(start_s * SAMPLE_RATE), int(end_s * SAMPLE_RATE)
+    if start >= len(audio.samples):
+        raise JobError(f"chunk starts at {start_s} s, past the recording's end")
+    return DecodedAudio(audio.samples[start:end])
 
 
 @dataclass
@@ -50,6 +60,8 @@ class Outcome:
     mode: Mode = "normal"
     mode_reason: str = ""
     model_name: str = WHISPER
+    #: handed to other jobs by ``fan_out`` (a long recording's chunks): no transcript here
+    deferred: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,14 +83,25 @@ class TranscriptionRunner:
         requests: Sequence[TranscriptionJob],
         mode: RunMode = NORMAL,
         progress: Progress | None = None,
+        fan_out: FanOut | None = None,
     ) -> list[Outcome]:
-        """One outcome per job, in order, in ``mode``; a bad input fails only its own job."""
+        """One outcome per job, in order, in ``mode``; a bad input fails only its own job.
+
+        A chunk job decodes its recording and keeps its own stretch of it. ``fan_out``
+        (normal mode) is asked about each other decoded recording and returns True when it
+        sent it out as chunks: that job's outcome is then ``deferred``."""
         report = progress or (lambda _index, _fraction: None)
         outcomes = [Outcome() for _ in requests]
         jobs: list[_Job] = []
         for index, request in enumerate(requests):
             try:
-                jobs.append(_Job(index, load_audio(request.source, self.policy), request.options))
+                audio = load_audio(request.source, self.policy)
+                if request.chunk is not None:
+                    audio = _stretch(audio, request.chunk.start_s, request.chunk.end_s)
+                elif fan_out is not None and not mode.lightweight and fan_out(index, audio):
+                    outcomes[index].deferred = True
+                    continue
+                jobs.append(_Job(index, audio, request.options))
             except JobError as exc:
                 outcomes[index].error = exc
         if mode.lightweight:

@@ -192,6 +192,13 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         self._ready = []
         wall = time.time()
         for request in waiting:
+            parent = (request.request_dict or {}).get(PARENT_HEADER)
+            if parent and parent in worker_state.revoked:
+                # the job it was started for is revoked: so is it, and the job ends REVOKED
+                # here (its own message was acked when it handed its work out)
+                worker_state.revoked.add(request.id)
+                with contextlib.suppress(*BROKER_DOWN):
+                    self.backend.mark_as_revoked(parent, reason="revoked")
             if request.revoked():
                 continue
             due = due_at(request, self.app.timezone)
@@ -226,6 +233,9 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         ):
             priorities = [priority_of(r.delivery_info.get("priority")) for r in self._ready]
             chosen = pick_batch(priorities, size)
+            alone = [i for i in chosen if _runs_alone(self._ready[i])]
+            if alone:  # a long recording's chunk: one per child, so the chunks spread
+                chosen = alone[:1]
             batch = [self._ready[i] for i in chosen]
             taken = set(chosen)
             self._ready = [r for i, r in enumerate(self._ready) if i not in taken]
@@ -386,6 +396,11 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         return sorted(sink.settled)
 
 
+def _runs_alone(request: Request) -> bool:
+    """A chunk of a fanned-out job (``PARENT_HEADER``) takes a batch of its own."""
+    return bool((request.request_dict or {}).get(PARENT_HEADER))
+
+
 def _drain(queue: Any) -> list[Request]:
     """Everything in a ``queue.Queue`` now, oldest first (the consumer's only thread)."""
     taken = []
@@ -400,8 +415,16 @@ def _ended(requests: Collection[Request]) -> None:
         worker_state.task_ready(request)
 
 
+#: a message header naming the job this one was started for (a long recording's chunk):
+#: when that job is revoked, the worker drops this one too
+PARENT_HEADER = "mlworker_parent"
+#: what a ``Deferred`` job keeps of its message to be sent again (``worker.deferred``)
+_FOLLOWUPS = ("callbacks", "errbacks", "chain", "root_id", "parent_id")
+
+
 def _ticket(task_name: str, request: SimpleRequest) -> Ticket:
     delivery = request.delivery_info or {}
+    context = request.request_dict or {}
     return Ticket(
         id=request.id,
         task=task_name,
@@ -410,6 +433,7 @@ def _ticket(task_name: str, request: SimpleRequest) -> Ticket:
         retries=int((request.request_dict or {}).get("retries") or 0),
         queue=delivery.get("routing_key"),
         priority=delivery.get("priority"),
+        followups={k: context[k] for k in _FOLLOWUPS if context.get(k)},
     )
 
 

@@ -1,0 +1,129 @@
+"""Long-audio fan-out: a 10-minute recording of real speech on one child and on two.
+
+The recording is the committed speech clips (``tests/fixtures/speech``: LibriSpeech,
+JFK, the MIT licence reading, two sentences; sources and licences in its README) laid end
+to end with 1 s pauses, each pass in another order, until it is ``--minutes`` long; its
+reference text is theirs in the same order. One run alternates (A B A B):
+
+- ``1 child``: a transcribe worker with one single-thread child (the chunks one by one);
+- ``2 children``: one worker with two single-thread children;
+
+and measures once, first, ``single pass``: fan-out off, the whole recording in one job on
+one single-thread child (the WER reference). Printed: seconds per run, the ratio, each WER
+and its difference from the single pass, and a projection for 8 workers from the chunk
+times measured (the parent's time + the chunks list-scheduled over 8 children).
+
+    .venv/bin/python -m bench.fanout [--minutes 10] [--rounds 2] [--chunk-s 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from bench.harness import Stack, progress
+from tasks.transcription.audio import SAMPLE_RATE
+from tests.fixtures.make_audio import write_audio
+from tests.fixtures.speech import CLIPS, reference, samples
+from tests.transcription_support import word_error_rate
+
+TASK = "tasks.transcribe"
+PAUSE_S = 1.0
+
+
+def recording(minutes: float) -> tuple[np.ndarray, str]:
+    """Real clips end to end (rotated each pass) until ``minutes`` long, and the words."""
+    names = list(CLIPS)
+    pause = np.zeros(int(PAUSE_S * SAMPLE_RATE), np.float32)
+    pieces: list[np.ndarray] = []
+    words: list[str] = []
+    length, turn = 0, 0
+    while length < minutes * 60 * SAMPLE_RATE:
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            pieces += [samples(name), pause]
+            words.append(reference(name))
+            length += len(samples(name)) + len(pause)
+        turn += 1
+    return np.concatenate(pieces), " ".join(words)
+
+
+def one_run(stack: Stack, children: int, fanout_after_s: float, chunk_s: float) -> dict[str, Any]:
+    """The recording through one worker with ``children`` single-thread children."""
+    env = {
+        "MLWORKER_THREADS_PER_CHILD": "1",
+        "MLWORKER_TRANSCRIBE_FANOUT_AFTER_S": str(fanout_after_s),
+        "MLWORKER_TRANSCRIBE_FANOUT_CHUNK_S": str(chunk_s),
+        "MLWORKER_WHISPER_MAX_DURATION_S": "7200",
+        "MLWORKER_TRANSCRIBE_TIME_LIMIT_S": "7200",
+    }
+    with stack.worker(f"fanout-{children}", "transcribe", concurrency=children, **env):
+        started = time.perf_counter()
+        job = stack.celery.send_task(TASK, kwargs={"audio_path": "long.flac", "language": "en"})
+        result = job.get(timeout=7200)
+        seconds = time.perf_counter() - started
+    chunks = int((result.get("fanout") or {}).get("chunks", 0))
+    chunk_s_each = [
+        float(stack.celery.backend.get_task_meta(f"{job.id}:chunk:{i}")["result"]["elapsed_s"])
+        for i in range(chunks)
+    ]
+    return {"seconds": seconds, "text": result["text"], "chunks": chunks, "chunk_s": chunk_s_each}
+
+
+def projection(chunk_seconds: Sequence[float], workers: int, overhead_s: float) -> float:
+    """Wall time of the chunks list-scheduled (longest first) over ``workers`` children,
+    plus ``overhead_s`` (the parent's decode, language detection and the stitch)."""
+    ends = [0.0] * workers
+    for seconds in sorted(chunk_seconds, reverse=True):
+        heapq.heapreplace(ends, ends[0] + seconds)
+    return overhead_s + max(ends)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--chunk-s", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    audio, text = recording(args.minutes)
+    duration = len(audio) / SAMPLE_RATE
+    with Stack() as stack:
+        write_audio(stack.input_root / "long.flac", audio)
+        progress(f"recording: {duration:.0f} s of real speech, {len(text.split())} words")
+        single = one_run(stack, 1, 0, args.chunk_s)
+        progress(f"  single pass, 1 child: {single['seconds']:.1f} s")
+        runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+        for round_ in range(args.rounds):
+            for children in (1, 2) if round_ % 2 == 0 else (2, 1):
+                run = one_run(stack, children, 1.0, args.chunk_s)
+                runs[children].append(run)
+                progress(f"  fan-out, {children} children: {run['seconds']:.1f} s")
+    wer_single = word_error_rate(text, single["text"])
+    one = statistics.fmean(r["seconds"] for r in runs[1])
+    two = statistics.fmean(r["seconds"] for r in runs[2])
+    chunk_times = runs[1][0]["chunk_s"]
+    overhead = max(0.0, one - sum(chunk_times))
+    print(f"{duration:.0f} s recording, {runs[1][0]['chunks']} chunks of >= {args.chunk_s} s")
+    print(f"  single pass (1 child): {single['seconds']:.1f} s, WER {wer_single:.4f}")
+    for children in (1, 2):
+        seconds = " ".join(f"{r['seconds']:.1f}" for r in runs[children])
+        wers = [word_error_rate(text, r["text"]) for r in runs[children]]
+        print(
+            f"  fan-out, {children} child(ren): {seconds} s; WER {max(wers):.4f} "
+            f"({max(wers) - wer_single:+.4f} vs single pass)"
+        )
+    print(f"  2 children / 1 child: {one / two:.2f}x")
+    print(
+        f"  chunk times {min(chunk_times):.1f}-{max(chunk_times):.1f} s, overhead "
+        f"{overhead:.1f} s; projected 8 workers: {projection(chunk_times, 8, overhead):.1f} s "
+        f"({one / projection(chunk_times, 8, overhead):.1f}x one child)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""A long recording as chunks: where to cut it, and one transcript stitched from the pieces.
+
+Celery-free. ``cut_points`` cuts at silences the VAD finds (the middle of the first pause
+after each ``chunk_s`` of audio), so no word is split and each chunk starts on a pause,
+as a Whisper window does. ``stitch`` puts the chunks' segments (and words) back on the
+recording's clock, in order; the text, SRT and VTT are made from those segments, so they
+agree with each other as a single pass's do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+from tasks.transcription.audio import SAMPLE_RATE, Audio
+from tasks.transcription.options import TranscribeOptions, TranscriptResult
+from tasks.transcription.results import TranscriptSegment, Word
+
+#: a last chunk shorter than this share of ``chunk_s`` joins the one before it
+MIN_LAST_SHARE = 0.25
+#: the shortest pause a chunk may be cut in: a pause between sentences, not a breath
+PAUSE_MS = 500
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Seconds ``start_s`` to ``end_s`` of the recording, the ``index``-th of ``count``."""
+
+    index: int
+    start_s: float
+    end_s: float
+
+
+def cut_points(samples: Audio, chunk_s: float) -> list[Chunk]:
+    """Chunks covering the whole recording, each cut in the middle of a pause, at least
+    ``chunk_s`` long (but the last); speech with no pause at all stays in one chunk."""
+    speech = get_speech_timestamps(samples, VadOptions(min_silence_duration_ms=PAUSE_MS))
+    total = len(samples)
+    target = int(chunk_s * SAMPLE_RATE)
+    cuts: list[int] = []
+    start = 0
+    for before, after in zip(speech, speech[1:], strict=False):
+        middle = (int(before["end"]) + int(after["start"])) // 2
+        if middle - start >= target:
+            cuts.append(middle)
+            start = middle
+    if cuts and total - cuts[-1] < MIN_LAST_SHARE * target:
+        cuts.pop()
+    bounds = [0, *cuts, total]
+    return [
+        Chunk(i, round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3))
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))
+    ]
+
+
+def part_of(result: TranscriptResult) -> dict[str, Any]:
+    """What a chunk keeps for the stitch: its segments with their words, on its own clock."""
+    return {
+        "segments": [
+            {
+                "start": s.start,
+                "end": s.end,
+                "text": s.text,
+                "words": None
+                if s.words is None
+                else [[w.start, w.end, w.word, w.probability] for w in s.words],
+            }
+            for s in result.segments
+        ],
+        "path": result.path,
+    }
+
+
+def stitch(
+    parts: Sequence[dict[str, Any]],
+    chunks: Sequence[Chunk],
+    options: TranscribeOptions,
+    *,
+    language: str | None,
+    language_probability: float,
+    duration_s: float,
+    trimmed_from_s: float | None,
+) -> TranscriptResult:
+    """One transcript from the chunks' ``part_of`` records, in chunk order, offsets applied
+    (clamped inside each chunk, so segments never go back in time)."""
+    segments: list[TranscriptSegment] = []
+    for part, chunk in zip(parts, chunks, strict=True):
+
+        def clock(t: float, chunk: Chunk = chunk) -> float:
+            return round(min(chunk.start_s + max(0.0, float(t)), chunk.end_s), 3)
+
+        for raw in part["segments"]:
+            words = None
+            if raw.get("words") is not None:
+                words = tuple(Word(clock(a), clock(b), w, float(p)) for a, b, w, p in raw["words"])
+            segments.append(
+                TranscriptSegment(clock(raw["start"]), clock(raw["end"]), str(raw["text"]), words)
+            )
+    paths = {str(part.get("path", "plain")) for part in parts}
+    return TranscriptResult(
+        text=" ".join(s.text for s in segments if s.text).strip(),
+        language=language,
+        language_probability=float(language_probability),
+        duration_s=duration_s,
+        segments=segments,
+        options=options,
+        trimmed_from_s=trimmed_from_s,
+        path="batched" if paths == {"batched"} else "plain",  # type: ignore[arg-type]
+        extra={
+            "fanout": {
+                "chunks": len(chunks),
+                "bounds_s": [[c.start_s, c.end_s] for c in chunks],
+            }
+        },
+    )
