@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from bench import automl, profiles, real_tags, report, tags, transcription
+from bench import automl, fanout, profiles, real_tags, report, tags, transcription
 from bench.harness import REPO, Stack, progress
 from bench.plan import make_plan
 from config import get_settings
@@ -93,6 +93,10 @@ def main() -> None:
         progress("tags: real abstracts, queue vs naive vs in-process vs KeyBERT")
         results["real_tags"] = real_tags.run(stack, plan.real_tags_docs, plan.real_tags_rounds)
         results["transcription"] = transcription.run(stack, plan)
+        progress("transcription: a long recording fanned out over 1 and 2 children")
+        results["fanout"] = fanout.run(
+            stack, plan.fanout_minutes, plan.fanout_rounds, get_settings().transcribe_fanout_chunk_s
+        )
         results["automl"] = automl.run(stack, plan)
         results["memory"] = memory_table(results)
         results["targets"] = profiles.run(stack, plan, results)

@@ -84,44 +84,67 @@ def projection(chunk_seconds: Sequence[float], workers: int, overhead_s: float) 
     return overhead_s + max(ends)
 
 
+def run(stack: Stack, minutes: float, rounds: int, chunk_s: float) -> dict[str, Any]:
+    """The single pass, then 1 and 2 children alternated; times, WERs, ratio, projection."""
+    audio, text = recording(minutes)
+    duration = len(audio) / SAMPLE_RATE
+    write_audio(stack.input_root / "long.flac", audio)
+    progress(f"  recording: {duration:.0f} s of real speech, {len(text.split())} words")
+    single = one_run(stack, 1, 0, chunk_s)
+    progress(f"  single pass, 1 child: {single['seconds']:.1f} s")
+    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    for round_ in range(rounds):
+        for children in (1, 2) if round_ % 2 == 0 else (2, 1):
+            runs[children].append(one_run(stack, children, 1.0, chunk_s))
+            progress(f"  fan-out, {children} children: {runs[children][-1]['seconds']:.1f} s")
+    one = statistics.fmean(r["seconds"] for r in runs[1])
+    two = statistics.fmean(r["seconds"] for r in runs[2])
+    chunk_times = runs[1][0]["chunk_s"]
+    overhead = max(0.0, runs[1][0]["seconds"] - sum(chunk_times))
+    eight = projection(chunk_times, 8, overhead)
+    return {
+        "duration_s": round(duration, 1),
+        "chunk_s": chunk_s,
+        "chunks": runs[1][0]["chunks"],
+        "single_pass_s": round(single["seconds"], 2),
+        "single_pass_wer": word_error_rate(text, single["text"]),
+        "seconds": {str(c): [round(r["seconds"], 2) for r in runs[c]] for c in runs},
+        "wer": {str(c): max(word_error_rate(text, r["text"]) for r in runs[c]) for c in runs},
+        "chunk_seconds": chunk_times,
+        "overhead_s": round(overhead, 2),
+        "two_vs_one": one / two,
+        "one_child_vs_single_pass": single["seconds"] / one,
+        "projected_8_workers_s": round(eight, 1),
+        "projected_8_vs_one": one / eight,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--chunk-s", type=float, default=60.0)
     args = parser.parse_args(argv)
-    audio, text = recording(args.minutes)
-    duration = len(audio) / SAMPLE_RATE
     with Stack() as stack:
-        write_audio(stack.input_root / "long.flac", audio)
-        progress(f"recording: {duration:.0f} s of real speech, {len(text.split())} words")
-        single = one_run(stack, 1, 0, args.chunk_s)
-        progress(f"  single pass, 1 child: {single['seconds']:.1f} s")
-        runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
-        for round_ in range(args.rounds):
-            for children in (1, 2) if round_ % 2 == 0 else (2, 1):
-                run = one_run(stack, children, 1.0, args.chunk_s)
-                runs[children].append(run)
-                progress(f"  fan-out, {children} children: {run['seconds']:.1f} s")
-    wer_single = word_error_rate(text, single["text"])
-    one = statistics.fmean(r["seconds"] for r in runs[1])
-    two = statistics.fmean(r["seconds"] for r in runs[2])
-    chunk_times = runs[1][0]["chunk_s"]
-    overhead = max(0.0, one - sum(chunk_times))
-    print(f"{duration:.0f} s recording, {runs[1][0]['chunks']} chunks of >= {args.chunk_s} s")
-    print(f"  single pass (1 child): {single['seconds']:.1f} s, WER {wer_single:.4f}")
-    for children in (1, 2):
-        seconds = " ".join(f"{r['seconds']:.1f}" for r in runs[children])
-        wers = [word_error_rate(text, r["text"]) for r in runs[children]]
-        print(
-            f"  fan-out, {children} child(ren): {seconds} s; WER {max(wers):.4f} "
-            f"({max(wers) - wer_single:+.4f} vs single pass)"
-        )
-    print(f"  2 children / 1 child: {one / two:.2f}x")
+        found = run(stack, args.minutes, args.rounds, args.chunk_s)
+    print(f"{found['duration_s']:.0f} s recording, {found['chunks']} chunks of >= {args.chunk_s} s")
     print(
-        f"  chunk times {min(chunk_times):.1f}-{max(chunk_times):.1f} s, overhead "
-        f"{overhead:.1f} s; projected 8 workers: {projection(chunk_times, 8, overhead):.1f} s "
-        f"({one / projection(chunk_times, 8, overhead):.1f}x one child)"
+        f"  single pass (1 child): {found['single_pass_s']:.1f} s, "
+        f"WER {found['single_pass_wer']:.4f}"
+    )
+    for children in ("1", "2"):
+        seconds = " ".join(f"{s:.1f}" for s in found["seconds"][children])
+        wer = found["wer"][children]
+        print(
+            f"  fan-out, {children} child(ren): {seconds} s; WER {wer:.4f} "
+            f"({wer - found['single_pass_wer']:+.4f} vs single pass)"
+        )
+    print(f"  2 children / 1 child: {found['two_vs_one']:.2f}x")
+    times = found["chunk_seconds"]
+    print(
+        f"  chunk times {min(times):.1f}-{max(times):.1f} s, overhead {found['overhead_s']:.1f} s;"
+        f" projected 8 workers: {found['projected_8_workers_s']:.1f} s "
+        f"({found['projected_8_vs_one']:.1f}x one child)"
     )
 
 

@@ -20,6 +20,9 @@ class Plan:
     #: real abstracts per mode in ``bench.real_tags`` (>= 500 in a full run), and rounds
     real_tags_docs: int
     real_tags_rounds: int
+    #: minutes of the fanned-out recording (>= 10 in a full run), and rounds
+    fanout_minutes: float
+    fanout_rounds: int
     tags_batch_sizes: tuple[int, ...]
     tags_worker_batch_sizes: tuple[int, ...]
     default_tags_batch: int
@@ -48,6 +51,8 @@ def make_plan(quick: bool) -> Plan:
             tags_docs=32,
             real_tags_docs=64,
             real_tags_rounds=1,
+            fanout_minutes=2.0,
+            fanout_rounds=1,
             tags_batch_sizes=BATCH_SIZES,
             # one worker start costs ~12 s here; quick mode sweeps batch size in process only
             tags_worker_batch_sizes=(default,),
@@ -70,6 +75,8 @@ def make_plan(quick: bool) -> Plan:
         tags_docs=192,
         real_tags_docs=512,
         real_tags_rounds=2,
+        fanout_minutes=10.0,
+        fanout_rounds=2,
         tags_batch_sizes=BATCH_SIZES,
         tags_worker_batch_sizes=tuple(sorted({*BATCH_SIZES, default})),
         default_tags_batch=default,

@@ -67,6 +67,18 @@ def table(results: dict[str, Any]) -> str:
             f"{_f(b['p95_ms'], 0)} | naive {_f(n['p50_ms'], 0)} / {_f(n['p95_ms'], 0)} | "
             f"p50 {b['p50_ms'] / n['p50_ms']:.2f}x |"
         )
+    fo = results.get("fanout")
+    if fo:
+        one, two = (sum(fo["seconds"][k]) / len(fo["seconds"][k]) for k in ("1", "2"))
+        lines += [
+            f"| transcription {fo['duration_s']:.0f} s recording fanned out ({fo['chunks']} "
+            f"chunks), s | 2 children {two:.1f} | 1 child {one:.1f} | {fo['two_vs_one']:.2f}x |",
+            f"| fanned out on 1 child vs one pass, s (WER {max(fo['wer'].values()):.4f} vs "
+            f"{fo['single_pass_wer']:.4f}) | {one:.1f} | single pass {fo['single_pass_s']:.1f} | "
+            f"{fo['one_child_vs_single_pass']:.2f}x |",
+            f"| projected 8 workers from the chunk times, s | {fo['projected_8_workers_s']:.1f} "
+            f"| 1 child {one:.1f} | {fo['projected_8_vs_one']:.1f}x |",
+        ]
     o, c, s = tr["overhead"], tr["cold_start"], tr["short_clips"]
     on, off = c["preload_on"], c["preload_off"]
     lines += [

@@ -203,7 +203,7 @@ class Settings(BaseSettings):
         "the job's id; 0 = never.",
     )
     transcribe_fanout_chunk_s: float = Field(
-        120.0, ge=5, description="Length a fanned-out recording's chunks aim at (seconds)."
+        60.0, ge=5, description="Length a fanned-out recording's chunks aim at (seconds)."
     )
     whisper_batched: Literal["auto", "on", "off"] = Field(
         "auto",

@@ -99,7 +99,8 @@ def start(
     pipe.execute()
     app.backend.store_result(job_id, _progress(0, len(chunks)), "PROGRESS")
     base = {**job.kwargs, "language": lang} if lang else dict(job.kwargs)
-    for chunk in chunks:
+    # longest first: the chunks spread over the children with the least time left over
+    for chunk in sorted(chunks, key=lambda c: c.start_s - c.end_s):
         ref = ChunkRef(job_id, token, chunk.index, chunk.start_s, chunk.end_s)
         app.send_task(
             TASK,

@@ -23,6 +23,8 @@ from tasks.transcription.results import TranscriptSegment, Word
 MIN_LAST_SHARE = 0.25
 #: the shortest pause a chunk may be cut in: a pause between sentences, not a breath
 PAUSE_MS = 500
+#: a chunk is cut at the longest pause between ``chunk_s`` and this many times it
+LOOK_AHEAD = 1.5
 
 
 @dataclass(frozen=True)
@@ -35,18 +37,29 @@ class Chunk:
 
 
 def cut_points(samples: Audio, chunk_s: float) -> list[Chunk]:
-    """Chunks covering the whole recording, each cut in the middle of a pause, at least
-    ``chunk_s`` long (but the last); speech with no pause at all stays in one chunk."""
+    """Chunks covering the whole recording, each at least ``chunk_s`` long (but the last),
+    cut in the middle of the longest pause within ``LOOK_AHEAD`` x ``chunk_s`` after that
+    (the first pause after it when there is none): a long pause is the likeliest end of a
+    sentence, and a sentence cut in two loses words at the cut. Speech with no pause at
+    all stays in one chunk."""
     speech = get_speech_timestamps(samples, VadOptions(min_silence_duration_ms=PAUSE_MS))
+    pauses = [
+        (int(before["end"]), int(after["start"]))
+        for before, after in zip(speech, speech[1:], strict=False)
+    ]
     total = len(samples)
     target = int(chunk_s * SAMPLE_RATE)
     cuts: list[int] = []
     start = 0
-    for before, after in zip(speech, speech[1:], strict=False):
-        middle = (int(before["end"]) + int(after["start"])) // 2
-        if middle - start >= target:
-            cuts.append(middle)
-            start = middle
+    while True:
+        later = [p for p in pauses if (p[0] + p[1]) // 2 - start >= target]
+        if not later:
+            break
+        first = (later[0][0] + later[0][1]) // 2
+        window = [p for p in later if (p[0] + p[1]) // 2 - first <= (LOOK_AHEAD - 1) * target]
+        end, begin = max(window, key=lambda p: p[1] - p[0])
+        start = (end + begin) // 2
+        cuts.append(start)
     if cuts and total - cuts[-1] < MIN_LAST_SHARE * target:
         cuts.pop()
     bounds = [0, *cuts, total]
