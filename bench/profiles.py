@@ -25,6 +25,15 @@ TAGS_VS_NAIVE = 8.0
 TAGS_VS_IN_PROCESS = 0.85
 TRANSCRIBE_VS_DIRECT = 1.03
 TAG_WORKER_MB = 700.0
+#: issue #20's targets (real abstracts, fan-out, low load)
+TAGS_VS_KEYBERT = 2.5
+REAL_TAGS_VS_NAIVE = 8.0
+REAL_TAGS_VS_IN_PROCESS = 0.90
+INT8_VS_TORCH = 2.0
+INT8_RSS_SHARE = 0.6
+FANOUT_TWO_VS_ONE = 1.8
+FANOUT_WER_DELTA = 0.01
+LOW_LOAD_EXTRA_MS = 15.0
 #: py-spy samples per second: enough for a 10 s profile, light on 2 cores
 SPY_RATE = 50
 TOP_FRAMES = 12
@@ -65,6 +74,35 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             TAG_WORKER_MB,
         ),
     ]
+    real, fan = results.get("real_tags"), results.get("fanout")
+    if real:
+        r = real["ratios"]
+        rows += [
+            ("tags_vs_keybert", "real abstracts: queue / KeyBERT list mode",
+             r["queue_vs_keybert"], ">=", TAGS_VS_KEYBERT),
+            ("real_tags_vs_naive", "real abstracts: queue / naive per-document task",
+             r["queue_vs_naive"], ">=", REAL_TAGS_VS_NAIVE),
+            ("real_tags_vs_in_process", "real abstracts: queue / same pipeline in-process",
+             r["queue_vs_in_process"], ">=", REAL_TAGS_VS_IN_PROCESS),
+            ("int8_vs_torch", "real abstracts: default (onnx-int8) / torch FP32 worker docs/s",
+             r["int8_vs_torch_queue"], ">=", INT8_VS_TORCH),
+            ("int8_rss", "tags worker child RSS: default (onnx-int8) / torch FP32",
+             r["int8_vs_torch_rss"], "<=", INT8_RSS_SHARE),
+        ]  # fmt: skip
+    if fan:
+        delta = max(fan["wer"].values()) - fan["single_pass_wer"]
+        rows += [
+            ("fanout_two_vs_one", "10-min recording fanned out: 2 children / 1 child",
+             fan["two_vs_one"], ">=", FANOUT_TWO_VS_ONE),
+            ("fanout_wer", "fanned out WER - single-pass WER",
+             delta, "<=", FANOUT_WER_DELTA),
+        ]  # fmt: skip
+    low_b = results["tags"]["batched_task"]["latency"]["low"]["p50_ms"]
+    low_n = results["tags"]["naive_task"]["latency"]["low"]["p50_ms"]
+    rows.append(
+        ("low_load_p50", "tags p50 at low load - naive p50, ms", low_b - low_n, "<=",
+         LOW_LOAD_EXTRA_MS)
+    )  # fmt: skip
     return [
         {
             "id": key,

@@ -7,13 +7,15 @@ D C B A):
 
 - ``queue``: the batched ``tasks.extract_tags`` worker with every default (backend, batch
   size, vector cache), all documents queued at once, until the last result is back;
+- ``queue-torch``: the same worker with ``MLWORKER_EMBEDDER_BACKEND=torch`` (FP32);
 - ``naive``: one plain Celery task per document (``bench.plain_tags``), same defaults;
 - ``in-process``: ``extract_tags`` in batches of the default batch size on the default
   backend with a fresh vector cache: the limit for the queue;
 - ``keybert``: ``KeyBERT(model).extract_keywords(docs, keyphrase_ngram_range=(1, 2),
   stop_words="english", top_n=5)`` on all documents at once, the bundled model on torch.
 
-Workers start fresh each round (their vector cache starts empty, as the in-process one).
+Workers start fresh each round (their vector cache starts empty, as the in-process one);
+each worker child's RSS is read after its documents.
 
     .venv/bin/python -m bench.real_tags [--docs 512] [--rounds 2]
 """
@@ -27,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench import tags
-from bench.harness import MODEL_CACHE, Stack, progress
+from bench.harness import MODEL_CACHE, Stack, progress, worker_rss
 from bench.plain_tags import PLAIN_TASK
 from bench.tag_quality import load
 from config import Settings
@@ -37,7 +39,7 @@ from tasks.tags.options import TagOptions
 from tasks.tags.pipeline import extract_tags
 
 MB = 1024 * 1024
-MODES = ("queue", "naive", "in-process", "keybert")
+MODES = ("queue", "queue-torch", "naive", "in-process", "keybert")
 
 
 def real_documents(count: int) -> list[str]:
@@ -55,6 +57,8 @@ class Runner:
         from keybert import KeyBERT
 
         self.stack = stack
+        #: worker child RSS (MB) after its documents, per mode
+        self.rss: dict[str, list[float]] = {}
         self.settings = Settings(model_cache_dir=MODEL_CACHE, embedder_device="cpu")  # type: ignore[call-arg]
         self.loaded = load_embedder(self.settings)
         self.torch = load_embedder(self.settings.model_copy(update={"embedder_backend": "torch"}))
@@ -65,17 +69,24 @@ class Runner:
 
     def modes(self) -> dict[str, Callable[[list[str]], float]]:
         return {
-            "queue": lambda texts: self._worker("worker.cli", tags.BATCHED_TASK, texts),
-            "naive": lambda texts: self._worker("bench.plain_tags", PLAIN_TASK, texts),
+            "queue": lambda texts: self._worker("queue", "worker.cli", tags.BATCHED_TASK, texts),
+            "queue-torch": lambda texts: self._worker(
+                "queue-torch", "worker.cli", tags.BATCHED_TASK, texts, backend="torch"
+            ),
+            "naive": lambda texts: self._worker("naive", "bench.plain_tags", PLAIN_TASK, texts),
             "in-process": self._in_process,
             "keybert": self._keybert,
         }
 
-    def _worker(self, module: str, task: str, texts: list[str]) -> float:
-        label = "tags-real" if module == "worker.cli" else "tags-real-naive"
-        with self.stack.worker(label, "tags", module=module):
+    def _worker(
+        self, mode: str, module: str, task: str, texts: list[str], backend: str = "auto"
+    ) -> float:
+        env = {"MLWORKER_EMBEDDER_BACKEND": backend}
+        with self.stack.worker(f"tags-real-{mode}", "tags", module=module, **env) as worker:
             tags.throughput(self.stack, task, ["Warm-up text on graph search."] * 8)
-            return tags.throughput(self.stack, task, texts)
+            rate = tags.throughput(self.stack, task, texts)
+            self.rss.setdefault(mode, []).append(worker_rss(worker).get("child_mb", 0.0))
+            return rate
 
     def _in_process(self, texts: list[str]) -> float:
         size, cache = (
@@ -114,7 +125,10 @@ def run(stack: Stack, docs: int, rounds: int) -> dict[str, Any]:
         "rounds": rounds,
         "backend": runner.loaded.backend,
         "docs_per_s": {mode: [round(v, 2) for v in values] for mode, values in rates.items()},
+        "child_rss_mb": {mode: max(values) for mode, values in runner.rss.items()},
         "ratios": {
+            "int8_vs_torch_queue": mean["queue"] / mean["queue-torch"],
+            "int8_vs_torch_rss": runner.rss["queue"][-1] / runner.rss["queue-torch"][-1],
             "queue_vs_keybert": mean["queue"] / mean["keybert"],
             "queue_vs_naive": mean["queue"] / mean["naive"],
             "queue_vs_in_process": mean["queue"] / mean["in-process"],
@@ -132,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{found['docs']} real documents, backend {found['backend']}, {args.rounds} rounds")
     for mode, values in found["docs_per_s"].items():
         print(f"  {mode:10s} {' '.join(f'{v:6.1f}' for v in values)} docs/s")
+    for mode, mb in found["child_rss_mb"].items():
+        print(f"  {mode} worker child RSS after its documents: {mb:.0f} MB")
     for name, ratio in found["ratios"].items():
         print(f"  {name}: {ratio:.2f}x")
 

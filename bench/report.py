@@ -55,6 +55,12 @@ def table(results: dict[str, Any]) -> str:
         lines += [
             f"| {head} | {_f(mean['queue'])} | KeyBERT list mode {_f(mean['keybert'])} | "
             f"{real['ratios']['queue_vs_keybert']:.2f}x |",
+            f"| {head} | {_f(mean['queue'])} | same worker on torch FP32 "
+            f"{_f(mean['queue-torch'])} | {real['ratios']['int8_vs_torch_queue']:.2f}x |",
+            f"| tags worker child RSS MB after the real abstracts | "
+            f"{_f(real['child_rss_mb']['queue'], 0)} | torch FP32 "
+            f"{_f(real['child_rss_mb']['queue-torch'], 0)} | "
+            f"{real['ratios']['int8_vs_torch_rss']:.2f}x |",
             f"| {head} | {_f(mean['queue'])} | naive per-doc task {_f(mean['naive'])} | "
             f"{real['ratios']['queue_vs_naive']:.2f}x |",
             f"| {head} | {_f(mean['queue'])} | in-process {_f(mean['in-process'])} | "
