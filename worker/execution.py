@@ -91,7 +91,7 @@ class Executor(Generic[Item]):
         """Admit, parse and run ``tickets``; every ticket ends in exactly one ``sink`` call."""
         sink = webhooks.RecordingSink(sink, self.store.backend.client, self.settings)
         if callable(getattr(self.handler, "ended", None)):
-            sink = _TellHandler(sink, self.handler)
+            sink = _TellHandler(sink, self.handler, self.store)
         check, decisions = self.gate.screen(tickets)
         mode = RunMode.from_check(check)
         fresh: list[_Admitted[Item]] = []
@@ -227,11 +227,14 @@ class Executor(Generic[Item]):
 
 
 class _TellHandler:
-    """A sink that tells the handler (``EndListener``) of each job's stored end."""
+    """A sink that tells the handler (``EndListener``) of each job's stored end: a job
+    skipped because its result is stored already is told again with that result (its
+    child may have died between storing it and telling)."""
 
-    def __init__(self, sink: Sink, handler: Any) -> None:
+    def __init__(self, sink: Sink, handler: Any, store: ResultStore) -> None:
         self.sink = sink
         self.handler = handler
+        self.store = store
 
     def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
         self.sink.success(ticket, result)
@@ -246,6 +249,9 @@ class _TellHandler:
 
     def skipped(self, ticket: Ticket) -> None:
         self.sink.skipped(ticket)
+        meta = self.store.backend.get_task_meta(ticket.id)
+        if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
+            self._tell(ticket, meta["result"], None)
 
     def _tell(
         self, ticket: Ticket, result: dict[str, Any] | None, error: BaseException | None

@@ -73,31 +73,39 @@ def start(
     priority: int | None,
     trimmed_from_s: float | None = None,
 ) -> int:
-    """Send the chunks of job ``job_id`` (once: a redelivered job sends none again);
-    ``language``: detected once for all chunks, or None when the job names it."""
+    """Send the chunks of job ``job_id``; ``language``: detected once for all chunks, or
+    None when the job names it.
+
+    A job delivered again (its child died after it started here) finds its fan-out: the
+    same chunks go out again under the same ids and token, and a chunk that has its result
+    already is skipped by admission, one that ran twice is counted once (``record``); so a
+    death anywhere in here loses nothing."""
     client = app.backend.client
     key = KEY.format(job_id)
-    token = secrets.token_hex(16)
-    if not client.hsetnx(key, "token", token):
-        count = int(client.hget(key, "chunks") or 0)
-        log.info("job %s: its %d chunks were sent already", job_id, count)
-        return count
-    chunks = cut_points(samples, settings.transcribe_fanout_chunk_s)
-    lang, probability = language or (job.options.language, 1.0)
+    first = bool(client.hsetnx(key, "token", secrets.token_hex(16)))
+    token = client.hget(key, "token").decode()
+    known = None if first else client.hget(key, "bounds")
     ttl = max(1, int(settings.result_expires_s))
-    state = {
-        "chunks": len(chunks),
-        "bounds": json.dumps([[c.start_s, c.end_s] for c in chunks]),
-        "language": lang or "",
-        "language_probability": probability,
-        "duration_s": len(samples) / SAMPLE_RATE,
-        "trimmed_from_s": "" if trimmed_from_s is None else trimmed_from_s,
-    }
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(key, mapping=state)
-    pipe.expire(key, ttl)
-    pipe.execute()
-    app.backend.store_result(job_id, _progress(0, len(chunks)), "PROGRESS")
+    if known is not None:
+        chunks = [Chunk(i, a, b) for i, (a, b) in enumerate(json.loads(known))]
+        lang = client.hget(key, "language").decode() or None
+        log.info("job %s delivered again: its %d chunks go out again", job_id, len(chunks))
+    else:
+        chunks = cut_points(samples, settings.transcribe_fanout_chunk_s)
+        lang, probability = language or (job.options.language, 1.0)
+        state = {
+            "chunks": len(chunks),
+            "bounds": json.dumps([[c.start_s, c.end_s] for c in chunks]),
+            "language": lang or "",
+            "language_probability": probability,
+            "duration_s": len(samples) / SAMPLE_RATE,
+            "trimmed_from_s": "" if trimmed_from_s is None else trimmed_from_s,
+        }
+        pipe = client.pipeline(transaction=True)
+        pipe.hset(key, mapping=state)
+        pipe.expire(key, ttl)
+        pipe.execute()
+        app.backend.store_result(job_id, _progress(0, len(chunks)), "PROGRESS")
     base = {**job.kwargs, "language": lang} if lang else dict(job.kwargs)
     # longest first: the chunks spread over the children with the least time left over
     for chunk in sorted(chunks, key=lambda c: c.start_s - c.end_s):
@@ -111,7 +119,7 @@ def start(
             headers={PARENT_HEADER: job_id},
             parent_id=job_id,
         )
-    log.info("job %s: %.0f s sent as %d chunks", job_id, state["duration_s"], len(chunks))
+    log.info("job %s: %.0f s sent as %d chunks", job_id, len(samples) / SAMPLE_RATE, len(chunks))
     return len(chunks)
 
 
