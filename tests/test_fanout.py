@@ -287,3 +287,47 @@ def test_chunk_that_fails_for_good_fails_the_job(
     with pytest.raises(Exception, match=r"chunk \d of \d \(.*\) failed: UnreadableInput") as caught:
         job.get(timeout=JOB_TIMEOUT_S)
     assert type(caught.value).__name__ == "ChunkFailed"
+
+
+def test_a_job_delivered_again_sends_the_same_chunks(
+    client_app: Celery, recording: tuple[str, str], input_root: Path
+) -> None:
+    """A job whose child died after it sent its chunks runs ``start`` again: the same chunks
+    go out (same ids, token, bounds, language: what the first run decided), the progress
+    already made stays. Real Redis holds the fan-out; the sends are recorded, not queued."""
+    from uuid import uuid4
+
+    from config import Settings
+    from tasks.transcription import chunks
+
+    sent: list[dict[str, Any]] = []
+
+    class Sending:
+        backend = client_app.backend
+
+        def send_task(self, name: str, **options: Any) -> None:
+            assert name == TASK
+            sent.append(options)
+
+    settings = Settings(input_root=input_root, transcribe_fanout_chunk_s=35.0)  # type: ignore[call-arg]
+    job = parse_request({"audio_path": recording[0]}, settings)
+    audio, job_id = _recording()[0], f"redelivered-{uuid4()}"
+    app: Any = Sending()
+    count = chunks.start(
+        app, job_id, job, audio, settings, language=("en", 0.9), queue="transcribe", priority=3
+    )
+    first = list(sent)
+    progress = {"fraction": 0.5, "phase": "chunks", "chunks": count, "chunks_done": 2}
+    client_app.backend.store_result(job_id, progress, "PROGRESS")
+    sent.clear()
+    again = chunks.start(
+        app, job_id, job, audio, settings, language=("de", 0.1), queue="transcribe", priority=3
+    )
+    assert count == again == _chunk_count()
+    assert [m["task_id"] for m in sent] == [m["task_id"] for m in first]
+    assert [m["kwargs"] for m in sent] == [m["kwargs"] for m in first]
+    assert {m["kwargs"]["language"] for m in sent} == {"en"}  # decided by the first run
+    assert {m["priority"] for m in sent} == {3} and {m["queue"] for m in sent} == {"transcribe"}
+    lengths = [m["kwargs"]["fanout"]["end_s"] - m["kwargs"]["fanout"]["start_s"] for m in sent]
+    assert lengths == sorted(lengths, reverse=True)  # longest first
+    assert client_app.backend.get_task_meta(job_id)["result"]["chunks_done"] == 2
