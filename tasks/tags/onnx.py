@@ -208,12 +208,9 @@ class _RowQuantizer:
     def run(self) -> None:
         nodes: list[Any] = []
         table = self._word_table()
-        self._constant("rq/127", np.array(127.0, np.float32))
         self._constant("rq/tiny", np.array(1e-12, np.float32))
-        self._constant("rq/128", np.array(128.0, np.float32))
         self._constant("rq/0", np.array(0.0, np.float32))
         self._constant("rq/255", np.array(255.0, np.float32))
-        self._constant("rq/zero_point", np.array(128, np.uint8))
         for node in self.graph.node:
             weight = self.weights.get(node.input[1]) if len(node.input) > 1 else None
             if node.op_type == "MatMul" and weight is not None and weight.ndim == 2:
@@ -222,12 +219,13 @@ class _RowQuantizer:
                 nodes += self._lookup(node, self.weights[table].astype(np.float32))
             else:
                 nodes.append(node)
+        # only what a node reads: onnxruntime warns of every unused initializer
         used = {name for node in nodes for name in node.input}
-        kept = [i for i in self.graph.initializer if i.name in used]
+        kept = [i for i in [*self.graph.initializer, *self.added] if i.name in used]
         del self.graph.node[:]
         self.graph.node.extend(nodes)
         del self.graph.initializer[:]
-        self.graph.initializer.extend([*kept, *self.added])
+        self.graph.initializer.extend(kept)
 
     def _word_table(self) -> str | None:
         """The largest 2-D table a Gather reads from (the word embeddings), if any."""
