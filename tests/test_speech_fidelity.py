@@ -95,7 +95,7 @@ def test_multilingual_reports_the_switch(
 
     Where the German span starts is not asserted: the window across the switch falls back
     to sampled decoding, and five runs in one process put it at 53.0, 30.8, 42.0, 29.8 and
-    53.0 s (switch at 30.6 s; at 53.0 s the German between came out as English). A known
+    53.0 s (switch at 30.6 s; at 53.0 s no German segment covered the German before). A known
     gap (README, multilingual); it made this test fail about half the time."""
     job = client_app.send_task(
         "tasks.transcribe", kwargs={"audio_path": clips["multilingual"], "multilingual": True}
