@@ -250,7 +250,7 @@ def parse_request(kwargs: Mapping[str, Any], settings: Settings) -> Transcriptio
     stitch messages (``tasks.transcription.chunks``); a job that names a fan-out that is
     not running fails there, on the worker that can look it up."""
     plain = dict(kwargs)
-    chunk = _chunk(plain.pop("fanout")) if "fanout" in plain else None
+    chunk = parse_chunk(plain.pop("fanout")) if "fanout" in plain else None
     stitch = plain.pop("fanout_stitch", None)
     if stitch is not None and (not isinstance(stitch, str) or not stitch):
         raise InvalidInput("fanout_stitch", "must be a fan-out token")
@@ -264,8 +264,8 @@ def parse_request(kwargs: Mapping[str, Any], settings: Settings) -> Transcriptio
     )
 
 
-def _chunk(value: object) -> ChunkRef:
-    """The ``fanout`` field of a chunk message."""
+def parse_chunk(value: object) -> ChunkRef:
+    """The ``fanout`` field of a chunk message; ``InvalidInput`` naming it when malformed."""
     keys = {"parent", "token", "index", "start_s", "end_s"}
     if not isinstance(value, dict) or set(value) != keys:
         raise InvalidInput("fanout", f"must be an object with exactly {sorted(keys)}")

@@ -19,7 +19,7 @@ from tasks.transcription import chunks
 from tasks.transcription.audio import DecodedAudio
 from tasks.transcription.fanout import part_of, stitch
 from tasks.transcription.models import WHISPER
-from tasks.transcription.options import TranscriptionJob, parse_request
+from tasks.transcription.options import TranscriptionJob, parse_chunk, parse_request
 from tasks.transcription.runner import Outcome as RunnerOutcome
 from tasks.transcription.runner import TranscriptionRunner
 from worker.errors import JobError
@@ -100,16 +100,16 @@ class Transcribe:
     def ended(
         self, kwargs: dict[str, Any], result: dict[str, Any] | None, error: BaseException | None
     ) -> None:
-        """A chunk's end is counted towards its recording (``chunks.record``)."""
+        """A chunk's end is counted towards its recording (``chunks.record``); only its
+        ``fanout`` field is read (the rest was parsed, or failed, in its own run)."""
         if "fanout" not in kwargs or self._settings is None:
             return
         try:
-            job = parse_request(kwargs, self._settings)
+            ref = parse_chunk(kwargs["fanout"])
         except JobError:
             return  # a malformed chunk message: its own failure is stored, nothing to count
-        if job.chunk is not None:
-            part = (result or {}).get("fanout_part")
-            chunks.record(_app(), job.chunk, part, error, self._settings)
+        part = (result or {}).get("fanout_part")
+        chunks.record(_app(), ref, part, error, self._settings)
 
     def _stitched(
         self, app: Celery, job_id: str, item: TranscriptionJob, mode: RunMode
