@@ -192,7 +192,7 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         self._ready = []
         wall = time.time()
         for request in waiting:
-            parent = (request.request_dict or {}).get(PARENT_HEADER)
+            parent = _parent_of(request)
             if parent and parent in worker_state.revoked:
                 # the job it was started for is revoked: so is it, and the job ends REVOKED
                 # here (its own message was acked when it handed its work out)
@@ -233,7 +233,7 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         ):
             priorities = [priority_of(r.delivery_info.get("priority")) for r in self._ready]
             chosen = pick_batch(priorities, size)
-            alone = [i for i in chosen if _runs_alone(self._ready[i])]
+            alone = [i for i in chosen if _parent_of(self._ready[i])]
             if alone:  # a long recording's chunk: one per child, so the chunks spread
                 chosen = alone[:1]
             batch = [self._ready[i] for i in chosen]
@@ -396,9 +396,11 @@ class IsolatedBatches(Batches):  # type: ignore[misc]
         return sorted(sink.settled)
 
 
-def _runs_alone(request: Request) -> bool:
-    """A chunk of a fanned-out job (``PARENT_HEADER``) takes a batch of its own."""
-    return bool((request.request_dict or {}).get(PARENT_HEADER))
+def _parent_of(request: Request) -> str | None:
+    """The job a chunk of a fanned-out job was started for (``PARENT_HEADER``), else None.
+    A chunk takes a batch of its own and is dropped when that job is revoked."""
+    parent = (request.request_dict or {}).get(PARENT_HEADER)
+    return str(parent) if parent else None
 
 
 def _drain(queue: Any) -> list[Request]:
@@ -430,7 +432,7 @@ def _ticket(task_name: str, request: SimpleRequest) -> Ticket:
         task=task_name,
         kwargs=dict(request.kwargs or {}),
         args=tuple(request.args or ()),
-        retries=int((request.request_dict or {}).get("retries") or 0),
+        retries=int(context.get("retries") or 0),
         queue=delivery.get("routing_key"),
         priority=delivery.get("priority"),
         followups={k: context[k] for k in _FOLLOWUPS if context.get(k)},
