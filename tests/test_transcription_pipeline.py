@@ -12,6 +12,7 @@ from faster_whisper import WhisperModel
 from config import Settings
 from tasks.transcription.accuracy import word_error_rate as real_speech_wer
 from tasks.transcription.audio import DecodedAudio, DurationPolicy, load_audio
+from tasks.transcription.languages import language_regions
 from tasks.transcription.models import WHISPER
 from tasks.transcription.options import (
     AudioSource,
@@ -117,6 +118,41 @@ def test_group_keeps_each_clip_apart(model: WhisperModel) -> None:
         _assert_inside(result)
         words = [w for s in result.segments for w in s.words or ()]
         assert words and all(0 <= w.start <= w.end <= result.duration_s + 0.05 for w in words)
+
+
+def test_language_regions_cover_the_clip(model: WhisperModel) -> None:
+    """The English-then-German reading is two regions end to end over the whole clip, cut
+    after the English speech ends and before the German starts; audio without a piece long
+    enough to name its language is one region."""
+    clip = speech.decode(speech.SPEECH / speech.MULTILINGUAL["file"])
+    regions = language_regions(model, clip)
+    assert [r.language for r in regions] == speech.MULTILINGUAL["languages"]
+    assert regions[0].start == 0 and regions[-1].end == len(clip)
+    assert regions[0].end == regions[1].start
+    cut_s = regions[1].start / 16_000
+    assert (
+        speech.MULTILINGUAL["german_from_s"] - 1.0
+        <= cut_s
+        <= speech.MULTILINGUAL["german_from_s"] + 0.5
+    ), cut_s
+    assert all(0.9 < r.probability <= 1.0 for r in regions)
+    silence = _audio("silence.flac").samples
+    assert [(r.start, r.end) for r in language_regions(model, silence)] == [(0, len(silence))]
+
+
+def test_multilingual_clip_in_a_group_is_decoded_alone(model: WhisperModel) -> None:
+    """A short ``multilingual`` clip sent with others is decoded region by region, its
+    segments labelled; its group-mate is still grouped."""
+    names = ["speech_request.flac", "speech_short.flac"]
+    options = [TranscribeOptions(multilingual=True), TranscribeOptions()]
+    results = transcribe_group([_audio(n) for n in names], options, model=model)
+    assert [r.path for r in results] == ["plain", "grouped"]
+    assert {s.language for s in results[0].segments} == {"en"}
+    assert [s["language"] for s in results[0].as_dict()["language_spans"]] == ["en"]
+    assert all(s.language is None for s in results[1].segments)
+    for result, stem in zip(results, ("speech_request", "speech_short"), strict=True):
+        assert word_error_rate(TEXTS[stem], result.text) <= MAX_WER, result.text
+        _assert_inside(result)
 
 
 def test_srt_and_vtt_parse() -> None:

@@ -5,8 +5,8 @@ it seeks window by window) or batched, its speech cut into chunks of at most one
 ``BatchedInferencePipeline`` decodes in parallel, any chunk the decoder closed early finished
 on the plain path. ``transcribe_group`` sends many short clips (one window each) through one
 batched call per language the same way. Silence is caught by the VAD before the model runs,
-so it yields an empty transcript rather than invented words. With ``multilingual`` every
-segment is labelled with its language (``languages``).
+so it yields an empty transcript rather than invented words. With ``multilingual`` the clip
+is first cut where its language changes (``languages``) and each region decoded on its own.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from faster_whisper.transcribe import Segment
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from tasks.transcription.audio import SAMPLE_RATE, Audio, DecodedAudio
-from tasks.transcription.languages import label_segments
+from tasks.transcription.languages import language_regions, place
 from tasks.transcription.options import (
     TranscribeOptions,
     TranscriptResult,
@@ -65,20 +65,13 @@ def speech_span(samples: Audio) -> tuple[int, int] | None:
 
 
 def _decoding(options: TranscribeOptions) -> dict[str, Any]:
-    """faster-whisper's kwargs for ``options``, the same on every path.
-
-    With ``multilingual`` the previous window's text is not fed back as the prompt: measured
-    on the English-then-German fixture, conditioning on the English text kept the decoder in
-    English across the switch and the German half came out as repeated English.
-    """
+    """faster-whisper's kwargs for ``options``, the same on every path."""
     return {
         "language": options.language,
         "task": options.task,
         "beam_size": options.beam_size,
         "word_timestamps": options.word_timestamps,
         "initial_prompt": options.initial_prompt,
-        "multilingual": options.multilingual,
-        "condition_on_previous_text": not options.multilingual,
     }
 
 
@@ -101,6 +94,8 @@ def transcribe(
     batched = batched and options.vad_filter
     if options.vad_filter and speech_span(audio.samples) is None:
         return _empty(audio, options)
+    if options.multilingual:
+        return _by_language(whisper, audio, options, batched, batch_size, progress)
     if progress is not None:
         # decoded, model starting: batched inference yields its segments a batch at a time
         progress(0.0)
@@ -132,8 +127,6 @@ def transcribe(
                 whisper, audio.samples, found, replace(options, language=language)
             )
         collected = [_segment(s, 0.0, audio.duration_s) for s in found]
-    if options.multilingual:
-        collected = label_segments(whisper, audio.samples, collected)
     return _result(
         audio,
         options,
@@ -142,6 +135,45 @@ def transcribe(
         info.language_probability,
         "batched" if batched else "plain",
     )
+
+
+def _by_language(
+    whisper: WhisperModel,
+    audio: DecodedAudio,
+    options: TranscribeOptions,
+    batched: bool,
+    batch_size: int,
+    progress: Progress | None,
+) -> TranscriptResult:
+    """A ``multilingual`` clip: each region of one language decoded on its own with that
+    language, its segments labelled with it; the result's language is the first region's."""
+    regions = language_regions(whisper, audio.samples)
+    total = max(1, len(audio.samples))
+    collected: list[TranscriptSegment] = []
+    paths: set[str] = set()
+    for region in regions:
+        part = DecodedAudio(audio.samples[region.start : region.end])
+
+        def report(
+            fraction: float, start: int = region.start, length: int = len(part.samples)
+        ) -> None:
+            if progress is not None:
+                progress(min(1.0, (start + fraction * length) / total))
+
+        inner = replace(options, language=region.language, multilingual=False)
+        found = transcribe(
+            part,
+            inner,
+            model=whisper,
+            batched=batched and part.duration_s > WINDOW_S,
+            batch_size=batch_size,
+            progress=report,
+        )
+        paths.add(found.path)
+        collected.extend(place(found.segments, region))
+    first = regions[0]
+    path = "batched" if "batched" in paths else "plain"
+    return _result(audio, options, collected, first.language, first.probability, path)
 
 
 def speech_chunks(samples: Audio) -> list[tuple[int, int]]:
@@ -332,13 +364,19 @@ def transcribe_group(
     progress: GroupProgress | None = None,
 ) -> list[TranscriptResult]:
     """Transcribe short clips (each at most one 30 s window) with one batched call per
-    language and decoding options; each clip keeps its own language and timestamps."""
+    language and decoding options; each clip keeps its own language and timestamps (a
+    ``multilingual`` one is decoded alone, region by region)."""
     whisper = _model(model)
     results: list[TranscriptResult | None] = [None] * len(clips)
     groups: dict[TranscribeOptions, list[_Clip]] = {}
     for index, (audio, opts) in enumerate(zip(clips, options, strict=True)):
         if audio.duration_s > WINDOW_S:
             raise ValueError(f"clip {index} is {audio.duration_s:.1f}s; groups take <= 30 s")
+        if opts.multilingual:  # cut where its language changes: decoded on its own
+            results[index] = transcribe(audio, opts, model=whisper)
+            if progress is not None:
+                progress(index, 1.0)
+            continue
         span = speech_span(audio.samples) if opts.vad_filter else (0, len(audio.samples))
         if span is None or span[1] <= span[0]:
             results[index] = _empty(audio, opts)
@@ -394,8 +432,5 @@ def _run_group(
         # back to the clip's own clock: minus its place in the group, plus its VAD lead-in
         shift = (clip.offset - clip.start) / SAMPLE_RATE
         audio = clips[clip.index]
-        timed = [_segment(segment, shift, audio.duration_s) for segment in found]
-        if options.multilingual:
-            timed = label_segments(whisper, audio.samples, timed)
-        out.append((clip, timed))
+        out.append((clip, [_segment(segment, shift, audio.duration_s) for segment in found]))
     return out
