@@ -25,6 +25,7 @@ import tasks.transcription.audio as audio_module
 from tasks.tags.mmr import mmr
 from tasks.transcription.audio import SAMPLE_RATE, DurationPolicy, load_audio
 from tasks.transcription.options import AudioSource
+from tests.fixtures.speech import MULTILINGUAL, SPEECH
 from tests.transcription_support import AUDIO
 from worker.errors import InputTooLarge, InvalidInput, UnreadableInput
 
@@ -184,6 +185,33 @@ def _assert_matches_reference(path: Path) -> None:
     assert float(np.max(np.abs(ours[:n] - reference[:n]))) <= 2 / 32768, path.name
     if np.any(reference[:n]):  # silence has no correlation to speak of
         assert float(np.corrcoef(ours[:n], reference[:n])[0, 1]) > 0.999, path.name
+
+
+@pytest.mark.parametrize(
+    ("path", "exact"),
+    [(AUDIO / "speech_long.flac", True), (SPEECH / MULTILINGUAL["file"], False)],
+    ids=["flac-16k", "mp3-44k"],
+)
+def test_a_window_is_the_full_decodes_stretch(path: Path, exact: bool) -> None:
+    """A fan-out chunk's window is that stretch of the whole decode: to the sample at 16 kHz,
+    within a fraction of a sample from another rate (the resampler starts at a frame); a
+    window past the end is empty."""
+    source = AudioSource("audio_path", path=path)
+    full = load_audio(source, POLICY).samples
+    length_s = len(full) / SAMPLE_RATE
+    for start_s, end_s in ((0.0, length_s / 3), (length_s / 3, 0.8 * length_s), (0.5, 99.0)):
+        kept = load_audio(source, POLICY, window=(start_s, end_s)).samples
+        wanted = full[round(start_s * SAMPLE_RATE) : round(end_s * SAMPLE_RATE)]
+        assert len(kept) == len(wanted)
+        n = min(len(kept), len(wanted))
+        gap = np.abs(kept[:n] - wanted[:n])
+        if exact:
+            assert float(gap.max()) == 0.0
+        else:  # no shift of a whole sample or more: the same samples, half a sample apart
+            level = float(np.abs(wanted).mean())
+            two_off = [np.abs(kept[2:n] - wanted[: n - 2]), np.abs(kept[: n - 2] - wanted[2:n])]
+            assert float(gap.mean()) < min(0.35 * level, *(float(g.mean()) for g in two_off))
+    assert len(load_audio(source, POLICY, window=(length_s + 1, length_s + 2)).samples) == 0
 
 
 @pytest.mark.parametrize("name", FIXTURES)

@@ -100,26 +100,38 @@ class DecodedAudio:
         return len(self.samples) / SAMPLE_RATE
 
 
-def load_audio(source: AudioSource, policy: DurationPolicy) -> DecodedAudio:
+#: seconds ``start``..``end`` of a recording (a fan-out chunk's stretch)
+Window = tuple[float, float]
+
+
+def load_audio(
+    source: AudioSource, policy: DurationPolicy, window: Window | None = None
+) -> DecodedAudio:
     """Decode ``source`` and apply ``policy``; every failure names ``source.field``.
 
     A path is opened with ``open_confined`` below ``source.root`` (no symlink followed, so
     what is read is what the request's check saw) and PyAV reads the open file; a URL is
     first copied to a temporary file within ``source.max_bytes`` (``worker.storage.spool``).
+
+    With ``window`` only that stretch is kept: frames before it are decoded and counted but
+    not resampled, decoding stops after it. The samples are the full decode's own from a
+    16 kHz source, within half a sample from another rate (the resampler starts at a frame,
+    ``_FILTER_MARGIN_S`` early). Empty when the recording ends
+    before the window starts. The minimum length is not checked (the recording's was).
     """
     field = source.field
     if source.url is not None:  # spooled to a temporary file: PyAV seeks in it as in any
         with spool(field, source.url, source.max_bytes) as handle:
-            return _open(handle, field, policy)
+            return _open(handle, field, policy, window)
     if source.path is None:
         if not source.data:
             raise UnreadableInput(field, "decoded to 0 bytes")
-        return _open(io.BytesIO(source.data), field, policy)
+        return _open(io.BytesIO(source.data), field, policy, window)
     path, root = _confinement(source.path, source.root)
     with open_confined(field, path, root) as handle:
         if os.fstat(handle.fileno()).st_size == 0:
             raise UnreadableInput(field, "file is empty (0 bytes)")
-        return _open(handle, field, policy)
+        return _open(handle, field, policy, window)
 
 
 def _confinement(path: Path, root: Path | None) -> tuple[Path, Path]:
@@ -131,9 +143,13 @@ def _confinement(path: Path, root: Path | None) -> tuple[Path, Path]:
     return real, real.parent
 
 
-def _open(target: BinaryIO, field: str, policy: DurationPolicy) -> DecodedAudio:
+def _open(
+    target: BinaryIO, field: str, policy: DurationPolicy, window: Window | None
+) -> DecodedAudio:
     try:
         with av.open(target, mode="r", metadata_errors="ignore") as container:
+            if window is not None:
+                return _decode_window(container, field, policy, window)
             return _decode(container, field, policy)
     except av.FFmpegError as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
@@ -180,6 +196,52 @@ def _decode(container: InputContainer, field: str, policy: DurationPolicy) -> De
             field, f"audio is {full_s:.2f}s, shorter than the {policy.min_s:g}s minimum"
         )
     return DecodedAudio(samples, trimmed_from_s=full_s if full_s > policy.max_s else None)
+
+
+def _decode_window(
+    container: InputContainer, field: str, policy: DurationPolicy, window: Window
+) -> DecodedAudio:
+    """``_decode`` keeping only ``window``: the frames that reach into it (with the filter
+    margin each side) are resampled, the ones before are only counted, decoding stops at
+    the first frame past it."""
+    if not container.streams.audio:
+        raise UnreadableInput(field, "has no audio stream")
+    stream = container.streams.audio[0]
+    _check_shape(field, "stream", stream.rate or MIN_SAMPLE_RATE, stream.channels or 1)
+    begin_s, end_s = window
+    clock = _SourceClock()
+    converter = _MonoConverter(max_samples=_samples(end_s - begin_s + 3 * _FILTER_MARGIN_S))
+    fed_from_s: float | None = None
+    for packet in _packets(container, stream):
+        try:
+            frames = stream.decode(None) if packet is None else packet.decode()
+        except av.InvalidDataError:
+            continue
+        for frame in frames:
+            _check_shape(field, "frame", frame.sample_rate, frame.layout.nb_channels)
+            frame_start_s = clock.seconds
+            if frame_start_s >= end_s + _FILTER_MARGIN_S:
+                break
+            frame_end_s = clock.advance(frame)
+            if frame_end_s > policy.max_s and policy.over_max == "reject":
+                raise _too_long(field, frame_end_s, policy)
+            if frame_end_s > begin_s - _FILTER_MARGIN_S:
+                fed_from_s = frame_start_s if fed_from_s is None else fed_from_s
+                converter.feed(frame)
+        else:
+            continue
+        break
+    samples = converter.finish()
+    if fed_from_s is None:
+        return DecodedAudio(np.empty(0, np.float32))
+    # the sample nearest to the full decode's at round(begin_s * rate): from a source at
+    # another rate the frame starts between two 16 kHz samples, so within half a sample
+    first = max(0, round(_samples(begin_s) - fed_from_s * SAMPLE_RATE))
+    return DecodedAudio(samples[first : first + _samples(end_s) - _samples(begin_s)].copy())
+
+
+def _samples(seconds: float) -> int:
+    return max(0, round(seconds * SAMPLE_RATE))
 
 
 def _check_shape(field: str, where: str, rate: int, channels: int) -> None:

@@ -19,7 +19,7 @@ from faster_whisper import WhisperModel
 
 from config import Settings
 from tasks.transcription import pipeline
-from tasks.transcription.audio import SAMPLE_RATE, DecodedAudio, DurationPolicy, load_audio
+from tasks.transcription.audio import DecodedAudio, DurationPolicy, load_audio
 from tasks.transcription.models import (
     WHISPER,
     WHISPER_LIGHTWEIGHT,
@@ -41,12 +41,14 @@ Progress = Callable[[int, float], None]
 FanOut = Callable[[int, DecodedAudio], bool]
 
 
-def _stretch(audio: DecodedAudio, start_s: float, end_s: float) -> DecodedAudio:
-    """Seconds ``start_s``..``end_s`` of ``audio`` (a chunk's part of its recording)."""
-    start, end = int(start_s * SAMPLE_RATE), int(end_s * SAMPLE_RATE)
-    if start >= len(audio.samples):
+def _stretch(request: TranscriptionJob, policy: DurationPolicy) -> DecodedAudio:
+    """A chunk's part of its recording (``load_audio`` with a window: decoding stops there)."""
+    assert request.chunk is not None
+    start_s, end_s = request.chunk.start_s, request.chunk.end_s
+    audio = load_audio(request.source, policy, window=(start_s, end_s))
+    if len(audio.samples) == 0:
         raise JobError(f"chunk starts at {start_s} s, past the recording's end")
-    return DecodedAudio(audio.samples[start:end])
+    return audio
 
 
 @dataclass
@@ -87,7 +89,7 @@ class TranscriptionRunner:
     ) -> list[Outcome]:
         """One outcome per job, in order, in ``mode``; a bad input fails only its own job.
 
-        A chunk job decodes its recording and keeps its own stretch of it. ``fan_out``
+        A chunk job decodes its own stretch of its recording. ``fan_out``
         (normal mode) is asked about each other decoded recording and returns True when it
         sent it out as chunks: that job's outcome is then ``deferred``."""
         report = progress or (lambda _index, _fraction: None)
@@ -95,12 +97,13 @@ class TranscriptionRunner:
         jobs: list[_Job] = []
         for index, request in enumerate(requests):
             try:
-                audio = load_audio(request.source, self.policy)
                 if request.chunk is not None:
-                    audio = _stretch(audio, request.chunk.start_s, request.chunk.end_s)
-                elif fan_out is not None and not mode.lightweight and fan_out(index, audio):
-                    outcomes[index].deferred = True
-                    continue
+                    audio = _stretch(request, self.policy)
+                else:
+                    audio = load_audio(request.source, self.policy)
+                    if fan_out is not None and not mode.lightweight and fan_out(index, audio):
+                        outcomes[index].deferred = True
+                        continue
                 jobs.append(_Job(index, audio, request.options))
             except JobError as exc:
                 outcomes[index].error = exc
