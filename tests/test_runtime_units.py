@@ -345,6 +345,10 @@ class _Collect:
     def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
         self.ends[ticket.id] = result
 
+    def successes(self, ended: Sequence[tuple[Ticket, dict[str, Any]]]) -> None:
+        for ticket, result in ended:
+            self.success(ticket, result)
+
     def failure(self, ticket: Ticket, exc: BaseException) -> None:
         self.ends[ticket.id] = exc
 

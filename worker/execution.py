@@ -52,6 +52,10 @@ class Sink(Protocol):
 
     def success(self, ticket: Ticket, result: dict[str, Any]) -> None: ...
 
+    def successes(self, ended: Sequence[tuple[Ticket, dict[str, Any]]]) -> None:
+        """The jobs of one model call that succeeded, in one go (a batched sink stores them
+        in one round trip)."""
+
     def failure(self, ticket: Ticket, exc: BaseException) -> None: ...
 
     def requeued(self, ticket: Ticket) -> None: ...
@@ -153,10 +157,17 @@ class Executor(Generic[Item]):
                 kill_this_child(job.ticket.id)
         started = time.perf_counter()
         outcomes = run_isolated(admitted, lambda sub: self._attempt(sub, mode))
+        produced = [
+            (job.ticket, self._envelope(outcome, started))
+            for job, outcome in zip(admitted, outcomes, strict=True)
+            if isinstance(outcome, Produced)
+        ]
+        if produced:
+            sink.successes(produced)
         for job, outcome in zip(admitted, outcomes, strict=True):
             if isinstance(outcome, Produced):
-                sink.success(job.ticket, self._envelope(outcome, started))
-            elif isinstance(outcome, Deferred):
+                continue
+            if isinstance(outcome, Deferred):
                 self._defer(job.ticket, outcome, sink)
             elif isinstance(outcome, MemoryError):
                 sink.failure(job.ticket, _out_of_memory(outcome))
@@ -239,6 +250,11 @@ class _TellHandler:
     def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
         self.sink.success(ticket, result)
         self._tell(ticket, result, None)
+
+    def successes(self, ended: Sequence[tuple[Ticket, dict[str, Any]]]) -> None:
+        self.sink.successes(ended)  # stored first: the last chunk's stitch reads them
+        for ticket, result in ended:
+            self._tell(ticket, result, None)
 
     def failure(self, ticket: Ticket, exc: BaseException) -> None:
         self.sink.failure(ticket, exc)

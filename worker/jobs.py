@@ -9,6 +9,7 @@ that was requeued or had its result already is acknowledged without a new record
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from celery import Task
@@ -80,6 +81,10 @@ class _Ending:
 
     def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
         self.result = result
+
+    def successes(self, ended: Sequence[tuple[Ticket, dict[str, Any]]]) -> None:
+        for ticket, result in ended:
+            self.success(ticket, result)
 
     def failure(self, ticket: Ticket, exc: BaseException) -> None:
         self.error = exc

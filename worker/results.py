@@ -1,4 +1,5 @@
-"""The result store as the runtime uses it: read many records in one round trip, write one.
+"""The result store as the runtime uses it: read many records in one round trip, write one
+or a batch's.
 
 A thin layer over Celery's Redis result backend (its key layout and encoding), so that
 admission, batching and telemetry never build backend keys by hand.
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import states
+from celery.app.task import Context
 
 
 class ResultStore:
@@ -37,6 +39,31 @@ class ResultStore:
 
     def success(self, job_id: str, result: dict[str, Any]) -> None:
         self.backend.store_result(job_id, result, states.SUCCESS)
+
+    def successes(self, ended: Sequence[tuple[Context, dict[str, Any]]]) -> None:
+        """Store many jobs' results in two round trips, each record the one Celery's
+        ``mark_as_done`` writes for that request (``result_extended`` fields, expiry, the
+        publish a waiting ``AsyncResult.get`` hears), and like it never over a SUCCESS
+        already stored (a job delivered twice). Requests that ignore their result are
+        passed over; chord parts are the caller's (their part is counted per request)."""
+        backend = self.backend
+        kept = [(c, r) for c, r in ended if not c.ignore_result]
+        if not kept:
+            return
+        keys = [backend.get_key_for_task(context.id) for context, _ in kept]
+        stored = backend.client.mget(keys)
+        with backend.client.pipeline() as pipe:
+            for (context, result), key, before in zip(kept, keys, stored, strict=True):
+                if before and backend.decode_result(before).get("status") == states.SUCCESS:
+                    continue
+                meta = backend._get_result_meta(
+                    result=result, state=states.SUCCESS, traceback=None, request=context
+                )
+                meta["task_id"] = context.id
+                value = backend.encode(meta)
+                pipe.set(key, value, ex=backend.expires or None)
+                pipe.publish(key, value)
+            pipe.execute()
 
     def failure(self, job_id: str, exc: BaseException) -> str:
         """Store ``exc`` as the job's failure; returns the formatted traceback."""

@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -336,6 +336,15 @@ class RecordingSink:
                 self.client, self.settings, url, ticket.id, ticket.task, "SUCCESS", result
             )
         self.sink.success(ticket, result)
+
+    def successes(self, ended: Sequence[tuple[Any, dict[str, Any]]]) -> None:
+        for ticket, result in ended:
+            url = self._url(ticket)
+            if url:
+                record_outcome(
+                    self.client, self.settings, url, ticket.id, ticket.task, "SUCCESS", result
+                )
+        self.sink.successes(ended)
 
     def failure(self, ticket: Any, exc: BaseException) -> None:
         url = self._url(ticket)

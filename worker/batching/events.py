@@ -6,7 +6,8 @@ task execution: the worker sends events for the batch task only. Here the consum
 ``ReceivedBuffer`` sends ``task-received`` (name, redacted args and kwargs, retries, eta,
 ids) as a request is buffered, and a ``RequestEvents`` per batch, in the pool child, sends
 ``task-started`` for each request when the batch starts and ``task-succeeded`` (with its
-runtime) or ``task-failed`` as each request's outcome is stored.
+runtime) or ``task-failed`` as each request's outcome is stored, the events of one moment
+in one message.
 Monitoring never fails a job: every error here is logged at debug level and dropped.
 """
 
@@ -31,6 +32,8 @@ SHOWN_REPR_CHARS = 2000
 #: items of one list or dict, and levels of nesting, shown before reprlib's "..."
 SHOWN_ITEMS = 32
 SHOWN_LEVELS = 4
+#: events held before the dispatcher publishes them anyway (one batch's are flushed sooner)
+BUFFERED_EVENTS = 256
 
 
 class _Redacting(reprlib.Repr):
@@ -111,6 +114,10 @@ class RequestEvents:
 
     Built in the pool child as the batch starts: its events carry the child's pid, and each
     request's ``runtime`` is the seconds from the batch's start to that request's outcome.
+    The events of a moment go out as one ``task-multi`` message (Celery's buffered
+    dispatcher; its ``EventReceiver``, and so Flower, reads each event of the list): the
+    batch's ``task-started`` together, then the ``task-succeeded`` of each model call's
+    successes together, instead of one publish per request.
     """
 
     def __init__(self, app: Celery, job_ids: Sequence[str], hostname: str | None) -> None:
@@ -119,23 +126,34 @@ class RequestEvents:
         if not app.conf.worker_send_task_events or not job_ids:
             return
         try:
-            self.dispatcher = app.events.Dispatcher(app.connection_for_write(), hostname=hostname)
+            self.dispatcher = app.events.Dispatcher(
+                app.connection_for_write(),
+                hostname=hostname,
+                buffer_group=["task"],
+                buffer_limit=BUFFERED_EVENTS,
+            )
         except Exception as exc:  # noqa: BLE001 - monitoring must never fail a job
             log.debug("no event dispatcher: %r", exc)
             return
         for job_id in job_ids:
             self.send(job_id, "task-started")
+        self.flush()
 
-    def succeeded(self, job_id: str, result: Any) -> None:
-        self.send(
-            job_id,
-            "task-succeeded",
-            result=saferepr(result, SHOWN_REPR_CHARS),
-            runtime=time.monotonic() - self.started,
-        )
+    def succeeded(self, ended: Sequence[tuple[str, Any]]) -> None:
+        """``task-succeeded`` for each (job id, result), sent together."""
+        runtime = time.monotonic() - self.started
+        for job_id, result in ended:
+            self.send(
+                job_id,
+                "task-succeeded",
+                result=saferepr(result, SHOWN_REPR_CHARS),
+                runtime=runtime,
+            )
+        self.flush()
 
     def failed(self, job_id: str, exc: BaseException, traceback: str) -> None:
         self.send(job_id, "task-failed", exception=repr(exc)[:512], traceback=traceback[-2000:])
+        self.flush()
 
     def send(self, job_id: str, kind: str, **fields: Any) -> None:
         if self.dispatcher is None:
@@ -145,7 +163,17 @@ class RequestEvents:
         except Exception as exc:  # noqa: BLE001 - monitoring must never fail a job
             log.debug("event %s for %s not sent: %r", kind, job_id, exc)
 
+    def flush(self) -> None:
+        """Publish the buffered events (one message)."""
+        if self.dispatcher is None:
+            return
+        try:
+            self.dispatcher.flush()
+        except Exception as exc:  # noqa: BLE001 - monitoring must never fail a job
+            log.debug("events not sent: %r", exc)
+
     def close(self) -> None:
         if self.dispatcher is not None:
+            self.flush()
             self.dispatcher.close()
             self.dispatcher = None

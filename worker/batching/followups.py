@@ -12,12 +12,16 @@ learn of a failure, a chord counts the part.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, signature
 from celery.app.task import Context
+from celery.backends.redis import RedisBackend
 from celery.worker.request import Request
 from celery_batches import SimpleRequest
+
+from worker.results import ResultStore
 
 
 def simple_request(request: Request) -> SimpleRequest:
@@ -65,16 +69,37 @@ def context_of(request: SimpleRequest) -> Context:
 def store_success(app: Celery, request: SimpleRequest, result: dict[str, Any]) -> None:
     """Send what follows ``request`` in its chain and links, then store its result."""
     context = context_of(request)
+    send_followups(app, request.id, context, result)
+    app.backend.mark_as_done(request.id, result, request=context)
+
+
+def store_successes(app: Celery, ended: Sequence[tuple[SimpleRequest, dict[str, Any]]]) -> None:
+    """``store_success`` for a batch's requests: what follows each is sent, then the results
+    are stored together (``ResultStore.successes``: two round trips, not two per request).
+    A chord's part goes alone (``mark_as_done`` counts it), and so does everything when the
+    result backend is not Redis."""
+    together: list[tuple[Context, dict[str, Any]]] = []
+    for request, result in ended:
+        context = context_of(request)
+        if context.chord or not isinstance(app.backend, RedisBackend):
+            store_success(app, request, result)
+            continue
+        send_followups(app, request.id, context, result)
+        together.append((context, result))
+    ResultStore(app.backend).successes(together)
+
+
+def send_followups(app: Celery, job_id: str, context: Context, result: dict[str, Any]) -> None:
+    """The ``link`` callbacks and the next task of the chain of a job that succeeded."""
     inherit = app.conf.task_inherit_parent_priority
     priority = (context.delivery_info or {}).get("priority") if inherit else None
-    ids = {"parent_id": request.id, "root_id": context.root_id or request.id}
+    ids = {"parent_id": job_id, "root_id": context.root_id or job_id}
     for callback in context.callbacks or ():
         signature(callback, app=app).apply_async((result,), priority=priority, **ids)
     chain = list(context.chain or ())
     if chain:
         following = signature(chain.pop(), app=app)
         following.apply_async((result,), chain=chain, priority=priority, **ids)
-    app.backend.mark_as_done(request.id, result, request=context)
 
 
 def store_failure(app: Celery, request: SimpleRequest, exc: BaseException, tb: str) -> None:

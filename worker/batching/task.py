@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 import traceback
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
 import redis
@@ -27,7 +27,7 @@ from celery_batches.trace import apply_batches_task
 from config import get_settings
 from worker.admission import Ticket
 from worker.batching.events import ReceivedBuffer, RequestEvents
-from worker.batching.followups import due_at, simple_request, store_failure, store_success
+from worker.batching.followups import due_at, simple_request, store_failure, store_successes
 from worker.batching.rules import (
     REFILL_WAIT_S,
     BufferState,
@@ -440,7 +440,8 @@ def _ticket(task_name: str, request: SimpleRequest) -> Ticket:
 
 
 class _StoreEach:
-    """Sink of a batch: each request's own result or failure, and its Flower event."""
+    """Sink of a batch: each request's own result or failure, and its Flower event; the
+    successes of one model call stored and announced together."""
 
     def __init__(
         self, task: IsolatedBatches, events: RequestEvents, requests: dict[str, SimpleRequest]
@@ -452,9 +453,12 @@ class _StoreEach:
         self.settled: set[str] = set()
 
     def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
-        store_success(self.app, self.requests[ticket.id], result)
-        self.settled.add(ticket.id)
-        self.events.succeeded(ticket.id, result)
+        self.successes([(ticket, result)])
+
+    def successes(self, ended: Sequence[tuple[Ticket, dict[str, Any]]]) -> None:
+        store_successes(self.app, [(self.requests[t.id], result) for t, result in ended])
+        self.settled.update(ticket.id for ticket, _ in ended)
+        self.events.succeeded([(ticket.id, result) for ticket, result in ended])
 
     def failure(self, ticket: Ticket, exc: BaseException) -> None:
         if not isinstance(exc, JobError):
