@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.app.task import Context
 from celery.exceptions import SoftTimeLimitExceeded
 
 from config import Settings
@@ -373,6 +376,63 @@ def test_result_store_reads_many_records_in_one_call(client_app: Celery) -> None
     assert records[0] is not None and records[0]["result"] == {"ok": 1}
     assert records[1] is not None and records[1]["status"] == "PROGRESS" and records[2] is None
     assert store.finished([done, running, missing]) == {done}
+
+
+def test_result_store_writes_a_batch_as_mark_as_done_would(client_app: Celery) -> None:
+    """``successes`` stores each record Celery's ``mark_as_done`` stores (the same fields,
+    the expiry), wakes a waiting ``get``, never overwrites a stored SUCCESS, skips a
+    request that ignores its result, and costs two round trips for the whole batch."""
+    backend = client_app.backend
+    store = ResultStore(backend)
+    ids = [f"unit-{uuid.uuid4()}" for _ in range(6)]
+    contexts = [Context({"id": i, "parent_id": "p", "group": "g"}) for i in ids]
+    contexts[4].ignore_result = True
+    backend.mark_as_done(ids[5], {"first": True}, request=contexts[5])
+    reference = f"unit-{uuid.uuid4()}"
+    backend.mark_as_done(
+        reference, {"n": 0}, request=Context({"id": reference, "parent_id": "p", "group": "g"})
+    )
+    heard: list[Any] = []
+    waiter = threading.Thread(
+        target=lambda: heard.append(client_app.AsyncResult(ids[0]).get(timeout=10))
+    )
+    waiter.start()
+    time.sleep(0.5)  # subscribed to the key before it is stored: only the publish wakes it
+    sent: list[int] = []
+    connection = backend.client.connection_pool.get_connection()
+    backend.client.connection_pool.release(connection)
+    original = type(connection).send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        if threading.current_thread() is not waiter:  # the waiter's own reads aside
+            sent.append(1)
+        original(self, command, check_health)
+
+    type(connection).send_packed_command = counting  # type: ignore[method-assign]
+    try:
+        store.successes([(c, {"n": n}) for n, c in enumerate(contexts)])
+    finally:
+        type(connection).send_packed_command = original  # type: ignore[method-assign]
+    assert len(sent) == 2
+    waiter.join(timeout=10)
+    assert heard == [{"n": 0}]
+    records = store.records(ids)
+    expected = store.records([reference])[0]
+    assert expected is not None
+    for n in range(4):
+        record = records[n]
+        assert record is not None and record["result"] == {"n": n}
+        assert set(record) == set(expected)
+        assert {k: record[k] for k in ("status", "parent_id", "group_id", "task_id")} == {
+            "status": "SUCCESS",
+            "parent_id": "p",
+            "group_id": "g",
+            "task_id": ids[n],
+        }
+        ttl = backend.client.ttl(backend.get_key_for_task(ids[n]))
+        assert 0 < ttl <= int(backend.expires)
+    assert records[4] is None
+    assert records[5] is not None and records[5]["result"] == {"first": True}
 
 
 def test_executor_runs_parses_and_isolates(client_app: Celery) -> None:
