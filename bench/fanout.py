@@ -13,6 +13,11 @@ one single-thread child (the WER reference). Printed: seconds per run, the ratio
 and its difference from the single pass, and a projection for 8 workers from the chunk
 times measured (the parent's time + the chunks list-scheduled over 8 children).
 
+``machine ceiling``: what two single-thread decodes get on this machine with no queue at
+all: one process transcribing a chunk-long stretch alone, then two processes the same
+stretch at the same moment (alternated); 2 x alone / slowest of the two. A fan-out ratio
+is read against it.
+
     .venv/bin/python -m bench.fanout [--minutes 10] [--rounds 2] [--chunk-s 60]
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -51,6 +57,61 @@ def recording(minutes: float) -> tuple[np.ndarray, str]:
             length += len(samples(name)) + len(pause)
         turn += 1
     return np.concatenate(pieces), " ".join(words)
+
+
+#: one process's decode of a stretch of the recording, started at a given wall time
+_CEILING_CHILD = """
+import json, sys, time
+from config import Settings
+from tasks.transcription.audio import DurationPolicy, load_audio
+from tasks.transcription.models import load_whisper
+from tasks.transcription.options import AudioSource
+from pathlib import Path
+path, start_s, end_s, at = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+model = load_whisper(Settings(threads_per_child=1, model_cache_dir=sys.argv[5])).model
+policy = DurationPolicy(0.0, 7200.0, "reject")
+audio = load_audio(AudioSource("audio_path", path=Path(path)), policy, window=(start_s, end_s))
+while time.time() < at:
+    time.sleep(0.005)
+started = time.perf_counter()
+segments, _ = model.transcribe(audio.samples, language="en", vad_filter=True)
+list(segments)
+print(json.dumps(time.perf_counter() - started))
+"""
+
+
+def machine_ceiling(path: str, chunk_s: float, rounds: int) -> dict[str, Any]:
+    """One decode alone vs two at the same moment, in separate processes (A B A B)."""
+    import json
+    import subprocess
+    import sys
+
+    from bench.harness import MODEL_CACHE
+
+    def together(count: int) -> list[float]:
+        at = time.time() + 20  # every process loaded by then
+        argv = [path, "60", str(60 + chunk_s), str(at), str(MODEL_CACHE)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CEILING_CHILD, *argv],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env=env,
+            )
+            for _ in range(count)
+        ]
+        return [float(json.loads(p.communicate()[0].strip().splitlines()[-1])) for p in procs]
+
+    alone: list[float] = []
+    paired: list[float] = []
+    for round_ in range(rounds):
+        for count in (1, 2) if round_ % 2 == 0 else (2, 1):
+            times = together(count)
+            (alone if count == 1 else paired).append(max(times))
+    ratio = 2 * statistics.fmean(alone) / statistics.fmean(paired)
+    return {"alone_s": alone, "two_at_once_s": paired, "ceiling": ratio}
 
 
 def one_run(stack: Stack, children: int, fanout_after_s: float, chunk_s: float) -> dict[str, Any]:
@@ -90,6 +151,8 @@ def run(stack: Stack, minutes: float, rounds: int, chunk_s: float) -> dict[str, 
     duration = len(audio) / SAMPLE_RATE
     write_audio(stack.input_root / "long.flac", audio)
     progress(f"  recording: {duration:.0f} s of real speech, {len(text.split())} words")
+    ceiling = machine_ceiling(str(stack.input_root / "long.flac"), chunk_s, rounds)
+    progress(f"  machine ceiling, 2 decodes at once / 1: {ceiling['ceiling']:.2f}x")
     single = one_run(stack, 1, 0, chunk_s)
     progress(f"  single pass, 1 child: {single['seconds']:.1f} s")
     runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
@@ -113,6 +176,7 @@ def run(stack: Stack, minutes: float, rounds: int, chunk_s: float) -> dict[str, 
         "chunk_seconds": chunk_times,
         "overhead_s": round(overhead, 2),
         "two_vs_one": one / two,
+        "machine_ceiling": ceiling,
         "one_child_vs_single_pass": single["seconds"] / one,
         "projected_8_workers_s": round(eight, 1),
         "projected_8_vs_one": one / eight,
@@ -140,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"({wer - found['single_pass_wer']:+.4f} vs single pass)"
         )
     print(f"  2 children / 1 child: {found['two_vs_one']:.2f}x")
+    print(
+        f"  machine ceiling (two single-thread decodes at once, no queue): "
+        f"{found['machine_ceiling']['ceiling']:.2f}x"
+    )
     times = found["chunk_seconds"]
     print(
         f"  chunk times {min(times):.1f}-{max(times):.1f} s, overhead {found['overhead_s']:.1f} s;"

@@ -85,6 +85,15 @@ def table(results: dict[str, Any]) -> str:
             f"| projected 8 workers from the chunk times, s | {fo['projected_8_workers_s']:.1f} "
             f"| 1 child {one:.1f} | {fo['projected_8_vs_one']:.1f}x |",
         ]
+        ceiling = fo.get("machine_ceiling")
+        if ceiling:
+            alone = sum(ceiling["alone_s"]) / len(ceiling["alone_s"])
+            paired = sum(ceiling["two_at_once_s"]) / len(ceiling["two_at_once_s"])
+            lines.append(
+                f"| machine ceiling: one {fo['chunk_s']:.0f} s decode, 2 processes at once vs "
+                f"alone, s | 2 at once {paired:.2f} | alone {alone:.2f} | "
+                f"{ceiling['ceiling']:.2f}x |"
+            )
     o, c, s = tr["overhead"], tr["cold_start"], tr["short_clips"]
     on, off = c["preload_on"], c["preload_off"]
     lines += [
