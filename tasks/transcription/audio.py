@@ -210,8 +210,8 @@ def _decode_window(
     _check_shape(field, "stream", stream.rate or MIN_SAMPLE_RATE, stream.channels or 1)
     begin_s, end_s = window
     clock = _SourceClock()
-    converter = _MonoConverter(max_samples=_samples(end_s - begin_s + 3 * _FILTER_MARGIN_S))
-    fed_from_s: float | None = None
+    converter: _MonoConverter | None = None  # sized at the first frame kept
+    fed_from_s = 0.0
     for packet in _packets(container, stream):
         try:
             frames = stream.decode(None) if packet is None else packet.decode()
@@ -226,14 +226,17 @@ def _decode_window(
             if frame_end_s > policy.max_s and policy.over_max == "reject":
                 raise _too_long(field, frame_end_s, policy)
             if frame_end_s > begin_s - _FILTER_MARGIN_S:
-                fed_from_s = frame_start_s if fed_from_s is None else fed_from_s
+                if converter is None:  # room from this frame's start: a frame may be long
+                    fed_from_s = frame_start_s
+                    room_s = end_s - frame_start_s + 3 * _FILTER_MARGIN_S
+                    converter = _MonoConverter(max_samples=_samples(room_s))
                 converter.feed(frame)
         else:
             continue
         break
-    samples = converter.finish()
-    if fed_from_s is None:
+    if converter is None:
         return DecodedAudio(np.empty(0, np.float32))
+    samples = converter.finish()
     # the sample nearest to the full decode's at round(begin_s * rate): from a source at
     # another rate the frame starts between two 16 kHz samples, so within half a sample
     first = max(0, round(_samples(begin_s) - fed_from_s * SAMPLE_RATE))
