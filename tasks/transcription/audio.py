@@ -148,15 +148,18 @@ def _open(
 ) -> DecodedAudio:
     try:
         with av.open(target, mode="r", metadata_errors="ignore") as container:
-            if window is not None:
-                return _decode_window(container, field, policy, window)
-            return _decode(container, field, policy)
+            return _decode(container, field, policy, window)
     except av.FFmpegError as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
         raise UnreadableInput(field, f"not a decodable audio or video file ({reason})") from None
 
 
-def _decode(container: InputContainer, field: str, policy: DurationPolicy) -> DecodedAudio:
+def _decode(
+    container: InputContainer, field: str, policy: DurationPolicy, window: Window | None = None
+) -> DecodedAudio:
+    """The first audio stream as 16 kHz mono, policed by ``policy``. With ``window`` only
+    the frames that reach into it (``_FILTER_MARGIN_S`` each side) are resampled, the ones
+    before it only counted, and decoding stops at the first frame past it."""
     if not container.streams.audio:
         raise UnreadableInput(field, "has no audio stream")
     stream = container.streams.audio[0]
@@ -167,29 +170,32 @@ def _decode(container: InputContainer, field: str, policy: DurationPolicy) -> De
         if header_s > policy.max_s + HEADER_SLACK_S:
             raise _too_long(field, header_s, policy)
 
+    begin_s, stop_s = window if window is not None else (0.0, math.inf)
     clock = _SourceClock()
-    converter = _MonoConverter(max_samples=int(policy.max_s * SAMPLE_RATE))
-    bad_packets = 0
-    for packet in _packets(container, stream):
-        if packet is None:  # the container broke off: count it, drain the decoder
-            bad_packets += 1
-        try:
-            frames = stream.decode(None) if packet is None else packet.decode()
-        except av.InvalidDataError:
-            bad_packets += 1
-            continue
-        for frame in frames:
-            _check_shape(field, "frame", frame.sample_rate, frame.layout.nb_channels)
-            start_s = clock.seconds
-            end_s = clock.advance(frame)  # what it will be at 16 kHz, before resampling it
-            if end_s > policy.max_s and policy.over_max == "reject":
-                raise _too_long(field, end_s, policy)
-            if start_s < policy.max_s:  # trim mode: frames past the maximum are only counted
-                converter.feed(frame)
-    samples = converter.finish()
+    converter: _MonoConverter | None = None  # made at the first frame kept
+    fed_from_s = 0.0
+    frames = _Frames(container, stream)
+    for frame in frames:
+        _check_shape(field, "frame", frame.sample_rate, frame.layout.nb_channels)
+        start_s = clock.seconds
+        if start_s >= stop_s + _FILTER_MARGIN_S:
+            break  # past the window: the rest of the stream is not read
+        end_s = clock.advance(frame)  # what it will be at 16 kHz, before resampling it
+        if end_s > policy.max_s and policy.over_max == "reject":
+            raise _too_long(field, end_s, policy)
+        # trim mode: frames past the maximum are only counted, and so are those before a
+        # window
+        if start_s < policy.max_s and end_s > begin_s - _FILTER_MARGIN_S:
+            if converter is None:
+                fed_from_s = start_s
+                converter = _MonoConverter(max_samples=_room(policy, window, start_s))
+            converter.feed(frame)
+    samples = np.empty(0, np.float32) if converter is None else converter.finish()
 
-    if clock.frames == 0 and bad_packets:
-        raise UnreadableInput(field, f"no decodable audio frames ({bad_packets} corrupt)")
+    if clock.frames == 0 and frames.bad_packets:
+        raise UnreadableInput(field, f"no decodable audio frames ({frames.bad_packets} corrupt)")
+    if window is not None:
+        return DecodedAudio(_window_of(samples, window, fed_from_s))
     full_s = clock.seconds
     if full_s < policy.min_s:
         raise InvalidInput(
@@ -198,49 +204,21 @@ def _decode(container: InputContainer, field: str, policy: DurationPolicy) -> De
     return DecodedAudio(samples, trimmed_from_s=full_s if full_s > policy.max_s else None)
 
 
-def _decode_window(
-    container: InputContainer, field: str, policy: DurationPolicy, window: Window
-) -> DecodedAudio:
-    """``_decode`` keeping only ``window``: the frames that reach into it (with the filter
-    margin each side) are resampled, the ones before are only counted, decoding stops at
-    the first frame past it."""
-    if not container.streams.audio:
-        raise UnreadableInput(field, "has no audio stream")
-    stream = container.streams.audio[0]
-    _check_shape(field, "stream", stream.rate or MIN_SAMPLE_RATE, stream.channels or 1)
-    begin_s, end_s = window
-    clock = _SourceClock()
-    converter: _MonoConverter | None = None  # sized at the first frame kept
-    fed_from_s = 0.0
-    for packet in _packets(container, stream):
-        try:
-            frames = stream.decode(None) if packet is None else packet.decode()
-        except av.InvalidDataError:
-            continue
-        for frame in frames:
-            _check_shape(field, "frame", frame.sample_rate, frame.layout.nb_channels)
-            frame_start_s = clock.seconds
-            if frame_start_s >= end_s + _FILTER_MARGIN_S:
-                break
-            frame_end_s = clock.advance(frame)
-            if frame_end_s > policy.max_s and policy.over_max == "reject":
-                raise _too_long(field, frame_end_s, policy)
-            if frame_end_s > begin_s - _FILTER_MARGIN_S:
-                if converter is None:  # room from this frame's start: a frame may be long
-                    fed_from_s = frame_start_s
-                    room_s = end_s - frame_start_s + 3 * _FILTER_MARGIN_S
-                    converter = _MonoConverter(max_samples=_samples(room_s))
-                converter.feed(frame)
-        else:
-            continue
-        break
-    if converter is None:
-        return DecodedAudio(np.empty(0, np.float32))
-    samples = converter.finish()
-    # the sample nearest to the full decode's at round(begin_s * rate): from a source at
-    # another rate the frame starts between two 16 kHz samples, so within half a sample
-    first = max(0, round(_samples(begin_s) - fed_from_s * SAMPLE_RATE))
-    return DecodedAudio(samples[first : first + _samples(end_s) - _samples(begin_s)].copy())
+def _window_of(samples: Audio, window: Window, fed_from_s: float) -> Audio:
+    """``window`` of samples resampled from ``fed_from_s``: from the sample nearest to the
+    full decode's at round(start * rate) (from a source at another rate the first frame
+    starts between two 16 kHz samples, so within half a sample)."""
+    begin, stop = _samples(window[0]), _samples(window[1])
+    first = max(0, round(begin - fed_from_s * SAMPLE_RATE))
+    return samples[first : first + stop - begin].copy()
+
+
+def _room(policy: DurationPolicy, window: Window | None, from_s: float) -> int:
+    """Output samples to hold: up to the maximum, or a window's end from the first frame
+    kept (a frame may start long before the window)."""
+    if window is None:
+        return int(policy.max_s * SAMPLE_RATE)
+    return _samples(window[1] - from_s + 3 * _FILTER_MARGIN_S)
 
 
 def _samples(seconds: float) -> int:
@@ -257,6 +235,26 @@ def _check_shape(field: str, where: str, rate: int, channels: int) -> None:
         )
     if not 1 <= channels <= MAX_CHANNELS:
         raise UnreadableInput(field, f"{where} has {channels} channels (accepted 1-{MAX_CHANNELS})")
+
+
+class _Frames:
+    """The stream's decoded frames, in order; ``bad_packets`` counts the packets that did
+    not decode on the way (and a container that broke off)."""
+
+    def __init__(self, container: InputContainer, stream: AudioStream) -> None:
+        self.container, self.stream = container, stream
+        self.bad_packets = 0
+
+    def __iter__(self) -> Iterator[AudioFrame]:
+        for packet in _packets(self.container, self.stream):
+            if packet is None:  # the container broke off: count it, drain the decoder
+                self.bad_packets += 1
+            try:
+                decoded = self.stream.decode(None) if packet is None else packet.decode()
+            except av.InvalidDataError:
+                self.bad_packets += 1
+                continue
+            yield from decoded
 
 
 def _packets(
