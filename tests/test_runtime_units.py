@@ -345,12 +345,9 @@ class _Collect:
     def __init__(self) -> None:
         self.ends: dict[str, Any] = {}
 
-    def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
-        self.ends[ticket.id] = result
-
     def successes(self, ended: Sequence[tuple[Ticket, dict[str, Any]]]) -> None:
         for ticket, result in ended:
-            self.success(ticket, result)
+            self.ends[ticket.id] = result
 
     def failure(self, ticket: Ticket, exc: BaseException) -> None:
         self.ends[ticket.id] = exc
@@ -514,7 +511,7 @@ class _CutShort:
         self.error = error
 
     def execute(self, tickets: Sequence[Ticket], batch_size: int, sink: Any) -> None:
-        sink.success(tickets[0], {"n": 0})
+        sink.successes([(tickets[0], {"n": 0})])
         raise self.error
 
 

@@ -50,8 +50,6 @@ ChainInput = Callable[[Any], dict[str, Any]]
 class Sink(Protocol):
     """Where the executor puts each job's end: stored (batched) or returned (plain)."""
 
-    def success(self, ticket: Ticket, result: dict[str, Any]) -> None: ...
-
     def successes(self, ended: Sequence[tuple[Ticket, dict[str, Any]]]) -> None:
         """The jobs of one model call that succeeded, in one go (a batched sink stores them
         in one round trip)."""
@@ -165,8 +163,6 @@ class Executor(Generic[Item]):
         if produced:
             sink.successes(produced)
         for job, outcome in zip(admitted, outcomes, strict=True):
-            if isinstance(outcome, Produced):
-                continue
             if isinstance(outcome, Deferred):
                 self._defer(job.ticket, outcome, sink)
             elif isinstance(outcome, MemoryError):
@@ -246,10 +242,6 @@ class _TellHandler:
         self.sink = sink
         self.handler = handler
         self.store = store
-
-    def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
-        self.sink.success(ticket, result)
-        self._tell(ticket, result, None)
 
     def successes(self, ended: Sequence[tuple[Ticket, dict[str, Any]]]) -> None:
         self.sink.successes(ended)  # stored first: the last chunk's stitch reads them

@@ -79,12 +79,9 @@ class _Ending:
         self.result: dict[str, Any] | None = None
         self.error: BaseException | None = None
 
-    def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
-        self.result = result
-
     def successes(self, ended: Sequence[tuple[Ticket, dict[str, Any]]]) -> None:
-        for ticket, result in ended:
-            self.success(ticket, result)
+        for _, result in ended:  # a plain task runs one job
+            self.result = result
 
     def failure(self, ticket: Ticket, exc: BaseException) -> None:
         self.error = exc

@@ -329,14 +329,6 @@ class RecordingSink:
         except InvalidInput:
             return None  # the job itself fails for it; nowhere safe to report to
 
-    def success(self, ticket: Any, result: dict[str, Any]) -> None:
-        url = self._url(ticket)
-        if url:
-            record_outcome(
-                self.client, self.settings, url, ticket.id, ticket.task, "SUCCESS", result
-            )
-        self.sink.success(ticket, result)
-
     def successes(self, ended: Sequence[tuple[Any, dict[str, Any]]]) -> None:
         for ticket, result in ended:
             url = self._url(ticket)

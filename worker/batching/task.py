@@ -452,9 +452,6 @@ class _StoreEach:
         #: ids whose end is recorded: their messages may be acked
         self.settled: set[str] = set()
 
-    def success(self, ticket: Ticket, result: dict[str, Any]) -> None:
-        self.successes([(ticket, result)])
-
     def successes(self, ended: Sequence[tuple[Ticket, dict[str, Any]]]) -> None:
         store_successes(self.app, [(self.requests[t.id], result) for t, result in ended])
         self.settled.update(ticket.id for ticket, _ in ended)
