@@ -10,7 +10,16 @@ import pytest
 
 from config import Settings
 from tasks.tags.candidates import candidates_for, detect_language, stopwords
-from tasks.tags.embedder import SentenceEmbedder, TextEncoder, VectorCache, embed_distinct
+from tasks.tags.embedder import (
+    ENCODE_BATCH,
+    MIN_PASS_TOKENS,
+    SHORT_LENGTH,
+    SentenceEmbedder,
+    TextEncoder,
+    VectorCache,
+    embed_distinct,
+    padded_length,
+)
 from tasks.tags.models import BackendUnavailable, load_embedder
 from tasks.tags.options import TagOptions, TagResult, parse_request
 from tasks.tags.pipeline import extract_tags
@@ -52,6 +61,24 @@ def test_embeddings_bit_identical_alone_and_batched(encoder: TextEncoder) -> Non
     assert isinstance(encoder, SentenceEmbedder)
     reference = encoder.model.encode(texts, normalize_embeddings=True)
     assert np.allclose(np.stack([together[t] for t in texts]), reference, atol=1e-5)
+
+
+def test_short_phrases_padded_to_short_length_identical_alone_and_in_full_passes(
+    encoder: TextEncoder,
+) -> None:
+    """One- and two-piece phrases (most candidates) run padded to ``SHORT_LENGTH`` tokens,
+    a full pass of them is still ``MIN_PASS_TOKENS`` long, and each phrase's vector is the
+    same alone (filled up with empty texts) as among 63 other phrases."""
+    assert SHORT_LENGTH * ENCODE_BATCH >= MIN_PASS_TOKENS
+    cut = [candidates_for(doc, TagOptions(), 100) for doc in documents(12)]
+    phrases = list(dict.fromkeys(p for c in cut for p in c.phrases))
+    short = [p for p, n in zip(phrases, encoder.token_lengths(phrases), strict=True) if n <= 4]
+    assert len(short) >= 2 * ENCODE_BATCH, len(short)
+    lengths = {padded_length(n, encoder.max_length) for n in encoder.token_lengths(short)}
+    assert lengths == {SHORT_LENGTH}
+    together = embed_distinct(encoder, short)
+    for phrase in short[::9]:
+        assert np.array_equal(embed_distinct(encoder, [phrase])[phrase], together[phrase]), phrase
 
 
 def test_vector_cache_gives_identical_tags_and_skips_known_phrases(encoder: TextEncoder) -> None:
