@@ -3,16 +3,17 @@
 sentence-transformers pads each mini-batch to its longest text; the padded matmuls sum in a
 different order, so a text's embedding moves by ~1e-7 with its batch-mates (measured with
 all-MiniLM-L6-v2 on CPU), enough to reorder near-tied tags or change a rounded score.
-``embed_distinct`` therefore pads every text to a length that depends on the text alone
-(its token count rounded up to ``PAD_MULTIPLE``, the shortest texts to ``SHORT_LENGTH``) and
-runs texts of equal padded length together. The matrix kernels also pick their blocking by the size of the pass: measured on
-an AVX-512 Xeon (torch 2.13, one thread), a pass of fewer than ~256 tokens (rows x padded
-length) took another path and a text alone came out ~1e-7 different from the same text among
-64; every pass of 256 tokens or more gave one answer. A short pass is therefore filled up
-with empty texts to ``MIN_PASS_TOKENS`` (``rows_per_pass``): each text's forward pass is then
-the same computation alone or among 64 others, and a batch needs only a handful of passes.
-A lone document pays for the filler: ~1.4x its tag time alone, nothing in a batch of 64
-(``extract_tags`` of one document, then of 64, old and new passes alternated in one run).
+``embed_distinct`` therefore pads every text to a length that depends on the text alone (its
+token count rounded up to ``PAD_MULTIPLE``, the shortest texts to ``SHORT_LENGTH``) and runs
+texts of equal padded length together. The matrix kernels also pick their blocking by the size
+of the pass: measured on an AVX-512 Xeon (torch 2.13, one thread), a pass of fewer than ~256
+tokens (rows x padded length) took another path and a text alone came out ~1e-7 different from
+the same text among 64; every pass of 256 tokens or more gave one answer. A short pass is
+therefore filled up with empty texts to ``MIN_PASS_TOKENS`` (``rows_per_pass``): each text's
+forward pass is then the same computation alone or among 64 others, and a batch needs only a
+handful of passes. A lone document pays for the filler: ~1.4x its tag time alone, nothing in a
+batch of 64 (``extract_tags`` of one document, then of 64, old and new passes alternated in one
+run).
 """
 
 from __future__ import annotations
