@@ -22,7 +22,15 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from tasks.transcription.audio import SAMPLE_RATE, DecodedAudio
-from tasks.transcription.fanout import Chunk, cut_points, part_of, stitch
+from tasks.transcription.fanout import (
+    LANGUAGE_WINDOW_S,
+    Chunk,
+    cut_points,
+    first_speech,
+    part_of,
+    speech_of,
+    stitch,
+)
 from tasks.transcription.options import TranscribeOptions, TranscriptResult, parse_request
 from tasks.transcription.results import TranscriptSegment, Word
 from tests.fixtures.make_audio import write_audio
@@ -91,6 +99,23 @@ def test_cut_points_fall_in_pauses_and_cover_the_recording() -> None:
         cut = int(before.end_s * SAMPLE_RATE)
         around = audio[cut - SAMPLE_RATE // 8 : cut + SAMPLE_RATE // 8]  # 125 ms each side
         assert float(np.sqrt(np.mean(around**2))) < 0.1 * loud  # a pause, not speech
+
+
+def test_one_vad_pass_gives_the_cuts_and_the_speech_the_language_is_read_from() -> None:
+    """The parent runs the VAD once: the cuts from its spans are those of a pass of their
+    own, and the language is read from the first 30 s of speech, pauses left out (a silent
+    recording: its first 30 s)."""
+    audio, _ = _recording()
+    speech = speech_of(audio)
+    assert cut_points(audio, 35.0, speech) == cut_points(audio, 35.0)
+    heard = first_speech(audio, speech)
+    assert len(heard) == int(LANGUAGE_WINDOW_S * SAMPLE_RATE)
+    first, second = speech[0], speech[1]
+    one = first["end"] - first["start"]
+    assert np.array_equal(heard[:one], audio[first["start"] : first["end"]])
+    assert np.array_equal(heard[one : one + 100], audio[second["start"] : second["start"] + 100])
+    silence = np.zeros(90 * SAMPLE_RATE, np.float32)
+    assert len(first_speech(silence, speech_of(silence))) == int(LANGUAGE_WINDOW_S * SAMPLE_RATE)
 
 
 def test_stitch_puts_chunks_on_the_recording_clock() -> None:

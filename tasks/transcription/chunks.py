@@ -32,7 +32,7 @@ from celery import Celery, states
 
 from config import Settings
 from tasks.transcription.audio import SAMPLE_RATE
-from tasks.transcription.fanout import Chunk, cut_points
+from tasks.transcription.fanout import Chunk, Speech, cut_points
 from tasks.transcription.options import ChunkRef, TranscriptionJob
 from worker import deferred
 from worker.batching.task import PARENT_HEADER
@@ -72,9 +72,10 @@ def start(
     queue: str | None,
     priority: int | None,
     trimmed_from_s: float | None = None,
+    speech: Speech | None = None,
 ) -> int:
     """Send the chunks of job ``job_id``; ``language``: detected once for all chunks, or
-    None when the job names it.
+    None when the job names it; ``speech``: ``fanout.speech_of(samples)`` when found already.
 
     A job delivered again (its child died after it started here) finds its fan-out: the
     same chunks go out again under the same ids and token, and a chunk that has its result
@@ -91,7 +92,7 @@ def start(
         lang = client.hget(key, "language").decode() or None
         log.info("job %s delivered again: its %d chunks go out again", job_id, len(chunks))
     else:
-        chunks = cut_points(samples, settings.transcribe_fanout_chunk_s)
+        chunks = cut_points(samples, settings.transcribe_fanout_chunk_s, speech)
         lang, probability = language or (job.options.language, 1.0)
         state = {
             "chunks": len(chunks),

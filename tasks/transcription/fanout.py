@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from tasks.transcription.audio import SAMPLE_RATE, Audio
@@ -25,6 +26,9 @@ MIN_LAST_SHARE = 0.25
 PAUSE_MS = 500
 #: a chunk is cut at the longest pause between ``chunk_s`` and this many times it
 LOOK_AHEAD = 1.5
+#: seconds of speech the language is detected from: one Whisper window, what
+#: faster-whisper's ``detect_language`` reads
+LANGUAGE_WINDOW_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,39 @@ class Chunk:
     end_s: float
 
 
-def cut_points(samples: Audio, chunk_s: float) -> list[Chunk]:
+Speech = list[dict[str, int]]
+
+
+def speech_of(samples: Audio) -> Speech:
+    """Where ``samples`` hold speech (Silero VAD; pieces at least ``PAUSE_MS`` apart): the one
+    VAD pass over a long recording, read for its cuts and for its language."""
+    spans: Speech = get_speech_timestamps(samples, VadOptions(min_silence_duration_ms=PAUSE_MS))
+    return spans
+
+
+def first_speech(samples: Audio, speech: Speech, seconds: float = LANGUAGE_WINDOW_S) -> Audio:
+    """The first ``seconds`` of speech in ``samples``, pauses left out (what faster-whisper's
+    ``detect_language(vad_filter=True)`` reads, without a VAD pass of its own over the whole
+    recording); the recording's start when it holds no speech."""
+    wanted = int(seconds * SAMPLE_RATE)
+    pieces: list[Audio] = []
+    for span in speech:
+        piece = samples[span["start"] : span["end"]][:wanted]
+        pieces.append(piece)
+        wanted -= len(piece)
+        if wanted <= 0:
+            break
+    return np.concatenate(pieces) if pieces else samples[: int(seconds * SAMPLE_RATE)]
+
+
+def cut_points(samples: Audio, chunk_s: float, speech: Speech | None = None) -> list[Chunk]:
     """Chunks covering the whole recording, each at least ``chunk_s`` long (but the last),
     cut in the middle of the longest pause within ``LOOK_AHEAD`` x ``chunk_s`` after that
     (the first pause after it when there is none): a long pause is the likeliest end of a
     sentence, and a sentence cut in two loses words at the cut. Speech with no pause at
-    all stays in one chunk."""
-    speech = get_speech_timestamps(samples, VadOptions(min_silence_duration_ms=PAUSE_MS))
+    all stays in one chunk. ``speech``: ``speech_of(samples)`` when already found."""
+    if speech is None:
+        speech = speech_of(samples)
     pauses = [
         (int(before["end"]), int(after["start"]))
         for before, after in zip(speech, speech[1:], strict=False)

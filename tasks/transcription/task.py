@@ -17,7 +17,7 @@ from celery import Celery, current_app
 from config import Settings
 from tasks.transcription import chunks
 from tasks.transcription.audio import DecodedAudio
-from tasks.transcription.fanout import part_of, stitch
+from tasks.transcription.fanout import first_speech, part_of, speech_of, stitch
 from tasks.transcription.models import WHISPER
 from tasks.transcription.options import TranscriptionJob, parse_chunk, parse_request
 from tasks.transcription.runner import Outcome as RunnerOutcome
@@ -80,9 +80,12 @@ class Transcribe:
         item = items[index]
         if not chunks.qualifies(item, audio.duration_s, context.settings):
             return False
+        # one VAD pass over the recording, for the cuts and the language alike
+        speech = speech_of(audio.samples)
         language = None
         if item.options.language is None:  # decided once, for every chunk
-            found = registry.get(WHISPER).model.detect_language(audio.samples, vad_filter=True)
+            heard = first_speech(audio.samples, speech)
+            found = registry.get(WHISPER).model.detect_language(heard)
             language = (found[0], float(found[1]))
         chunks.start(
             app,
@@ -94,6 +97,7 @@ class Transcribe:
             queue=_at(context.queues, index),
             priority=_at(context.priorities, index),
             trimmed_from_s=audio.trimmed_from_s,
+            speech=speech,
         )
         return True
 
