@@ -13,6 +13,11 @@ one single-thread child (the WER reference). Printed: seconds per run, the ratio
 and its difference from the single pass, and a projection for 8 workers from the chunk
 times measured (the parent's time + the chunks list-scheduled over 8 children).
 
+``parent``: the parent's serial work on a recording whose language is not given, in
+process on one thread (A B A B): the one VAD pass mlworker makes (``speech_of``, the
+language read from its first 30 s of speech, the cuts from its spans) against
+faster-whisper's own ``detect_language(vad_filter=True)`` and a VAD pass for the cuts.
+
 ``machine ceiling``: what two single-thread decodes get on this machine with no queue at
 all: one process transcribing a chunk-long stretch alone, then two processes the same
 stretch at the same moment (alternated); 2 x alone / slowest of the two. A fan-out ratio
@@ -114,6 +119,41 @@ def machine_ceiling(path: str, chunk_s: float, rounds: int) -> dict[str, Any]:
     return {"alone_s": alone, "two_at_once_s": paired, "ceiling": ratio}
 
 
+def parent_work(audio: np.ndarray, chunk_s: float, rounds: int) -> dict[str, Any]:
+    """Seconds of the parent's serial work, one VAD pass against two (A B A B)."""
+    from bench.harness import MODEL_CACHE
+    from config import Settings
+    from tasks.transcription.fanout import cut_points, first_speech, speech_of
+    from tasks.transcription.models import load_whisper
+
+    settings = Settings(threads_per_child=1, model_cache_dir=MODEL_CACHE)  # type: ignore[call-arg]
+    whisper = load_whisper(settings).model
+
+    def one_pass() -> tuple[str, list[Any]]:
+        speech = speech_of(audio)
+        language = whisper.detect_language(first_speech(audio, speech))[0]
+        return language, cut_points(audio, chunk_s, speech)
+
+    def two_passes() -> tuple[str, list[Any]]:
+        language = whisper.detect_language(audio, vad_filter=True)[0]
+        return language, cut_points(audio, chunk_s)
+
+    times: dict[str, list[float]] = {"one_vad_pass": [], "library_two_passes": []}
+    found: dict[str, tuple[str, list[Any]]] = {}
+    for round_ in range(rounds):
+        order = ("one_vad_pass", "library_two_passes")
+        for name in order if round_ % 2 == 0 else order[::-1]:
+            started = time.perf_counter()
+            found[name] = (one_pass if name == "one_vad_pass" else two_passes)()
+            times[name].append(time.perf_counter() - started)
+    return {
+        "seconds": times,
+        "ratio": statistics.fmean(times["library_two_passes"])
+        / statistics.fmean(times["one_vad_pass"]),
+        "same_language_and_cuts": found["one_vad_pass"] == found["library_two_passes"],
+    }
+
+
 def one_run(stack: Stack, children: int, fanout_after_s: float, chunk_s: float) -> dict[str, Any]:
     """The recording through one worker with ``children`` single-thread children."""
     env = {
@@ -153,6 +193,8 @@ def run(stack: Stack, minutes: float, rounds: int, chunk_s: float) -> dict[str, 
     progress(f"  recording: {duration:.0f} s of real speech, {len(text.split())} words")
     ceiling = machine_ceiling(str(stack.input_root / "long.flac"), chunk_s, rounds)
     progress(f"  machine ceiling, 2 decodes at once / 1: {ceiling['ceiling']:.2f}x")
+    parent = parent_work(audio, chunk_s, max(2, rounds))
+    progress(f"  parent's serial work, library's two VAD passes / one: {parent['ratio']:.2f}x")
     single = one_run(stack, 1, 0, chunk_s)
     progress(f"  single pass, 1 child: {single['seconds']:.1f} s")
     runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
@@ -177,6 +219,7 @@ def run(stack: Stack, minutes: float, rounds: int, chunk_s: float) -> dict[str, 
         "overhead_s": round(overhead, 2),
         "two_vs_one": one / two,
         "machine_ceiling": ceiling,
+        "parent_work": parent,
         "one_child_vs_single_pass": single["seconds"] / one,
         "projected_8_workers_s": round(eight, 1),
         "projected_8_vs_one": one / eight,
@@ -207,6 +250,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"  machine ceiling (two single-thread decodes at once, no queue): "
         f"{found['machine_ceiling']['ceiling']:.2f}x"
+    )
+    parent = found["parent_work"]
+    print(
+        "  parent's serial work, language not given: one VAD pass "
+        f"{statistics.fmean(parent['seconds']['one_vad_pass']):.2f} s, faster-whisper's "
+        f"detect_language(vad_filter=True) + a VAD pass for the cuts "
+        f"{statistics.fmean(parent['seconds']['library_two_passes']):.2f} s "
+        f"({parent['ratio']:.2f}x; same language and cuts: {parent['same_language_and_cuts']})"
     )
     times = found["chunk_seconds"]
     print(

@@ -85,6 +85,17 @@ def table(results: dict[str, Any]) -> str:
             f"| projected 8 workers from the chunk times, s | {fo['projected_8_workers_s']:.1f} "
             f"| 1 child {one:.1f} | {fo['projected_8_vs_one']:.1f}x |",
         ]
+        parent = fo.get("parent_work")
+        if parent:
+            one_pass, two_passes = (
+                sum(parent["seconds"][k]) / len(parent["seconds"][k])
+                for k in ("one_vad_pass", "library_two_passes")
+            )
+            lines.append(
+                f"| fan-out parent's serial work, language not given, s | one VAD pass "
+                f"{one_pass:.2f} | detect_language(vad_filter) + cut VAD {two_passes:.2f} | "
+                f"{parent['ratio']:.2f}x |"
+            )
         ceiling = fo.get("machine_ceiling")
         if ceiling:
             alone = sum(ceiling["alone_s"]) / len(ceiling["alone_s"])
