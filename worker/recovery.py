@@ -92,8 +92,9 @@ class RecoveringQoS(kombu_redis.QoS):  # type: ignore[misc]
         return restored
 
     def _restore_unrecorded(self, tag: str, message: tuple[Any, str, str], client: Any) -> None:
-        """Put back a message popped but never recorded as unacked: its record, if the
-        write went through after all (``restore_by_tag`` moves it), else the message as read."""
+        """Put back a message popped but never recorded as unacked: its record if the write
+        went through after all (moved as ``restore_by_tag`` moves one), else the message as
+        it was read; in one transaction, so it goes back once."""
 
         def put_back(pipe: Any) -> None:
             recorded = pipe.hget(self.unacked_key, tag)

@@ -80,10 +80,10 @@ class Transcribe:
         item = items[index]
         if not chunks.qualifies(item, audio.duration_s, context.settings):
             return False
-        # one VAD pass over the recording, for the cuts and the language alike
-        speech = speech_of(audio.samples)
-        language = None
+        speech, language = None, None
         if item.options.language is None:  # decided once, for every chunk
+            # from the VAD pass the cuts are made from too, not one of detect_language's own
+            speech = speech_of(audio.samples)
             heard = first_speech(audio.samples, speech)
             found = registry.get(WHISPER).model.detect_language(heard)
             language = (found[0], float(found[1]))
