@@ -66,7 +66,7 @@ def test_message_popped_when_the_broker_died_goes_back_on_its_queue(
     with Connection(server.url) as old:
         channel = old.default_channel
         message = _popped_then_broker_gone(server, channel)
-        with pytest.raises(recovery.CONNECTION_LOST):
+        with pytest.raises(recovery.BROKER_DOWN):
             channel.qos.append(message, message.delivery_tag)
         server.start()
         with Connection(server.url) as new:

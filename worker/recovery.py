@@ -36,8 +36,13 @@ from kombu.transport import redis as kombu_redis
 log = logging.getLogger(__name__)
 
 _instances: weakref.WeakSet[Any] = weakref.WeakSet()
-#: what a lost broker connection raises from redis-py
-CONNECTION_LOST = (redis.ConnectionError, redis.TimeoutError, OSError)
+#: errors that mean Redis went away (a batch mid-run, a record mid-write)
+BROKER_DOWN: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
 
 
 class RecoveringQoS(kombu_redis.QoS):  # type: ignore[misc]
@@ -53,7 +58,7 @@ class RecoveringQoS(kombu_redis.QoS):  # type: ignore[misc]
     def append(self, message: Any, delivery_tag: str) -> None:
         try:
             super().append(message, delivery_tag)
-        except CONNECTION_LOST:
+        except BROKER_DOWN:
             delivery = message.delivery_info
             self._unrecorded[delivery_tag] = (
                 message._raw,

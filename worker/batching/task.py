@@ -17,7 +17,6 @@ import traceback
 from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
-import redis
 from billiard.exceptions import WorkerLostError
 from celery.worker import state as worker_state
 from celery.worker.request import Request
@@ -42,19 +41,12 @@ from worker.batching.rules import (
 from worker.errors import JobError
 from worker.execution import Executor
 from worker.handler import Handler
+from worker.recovery import BROKER_DOWN
 
 log = logging.getLogger(__name__)
 
 #: past a batch's hard time limit, how long before its handle no longer counts as running
 HANDLE_GRACE_S = 30.0
-
-#: errors that mean Redis went away mid-batch: the unsettled requests are delivered again
-BROKER_DOWN: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 class IsolatedBatches(Batches):  # type: ignore[misc]
