@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             batched[rule].append(rate)
             lone[rule].append(tag_all(encoder, texts[:LONE_DOCS], 1, None)[1])
             lone_short[rule].append(tag_all(encoder, short, 1, None)[1])
-            tokens[rule] = candidate_tokens(encoder, texts, batch)
+            if rule not in tokens:  # the same every round: counted once per rule
+                tokens[rule] = candidate_tokens(encoder, texts, batch)
             progress(f"round {round_ + 1}, {rule}: {rate:.1f} docs/s, lone {lone[rule][-1]:.1f}")
     embedder.SHORT_LENGTH = RULES["short texts to 4"]
     old, new = (statistics.fmean(batched[r]) for r in RULES)
