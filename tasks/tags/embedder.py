@@ -34,7 +34,9 @@ ENCODE_BATCH = 64
 PAD_MULTIPLE = 8
 #: a text of at most this many tokens is padded to it, not to ``PAD_MULTIPLE``: a one- or
 #: two-piece phrase with [CLS] and [SEP] (80% of the distinct candidates of real abstracts)
-#: costs half the tokens; 64 rows of it (``ENCODE_BATCH``) still fill ``MIN_PASS_TOKENS``
+#: costs half the tokens; 64 rows of it (``ENCODE_BATCH``) still fill ``MIN_PASS_TOKENS``.
+#: A short document alone pays for it: its phrases fill two passes of filler, not one
+#: (``python -m bench.short_padding``)
 SHORT_LENGTH = 4
 #: fewest tokens in one forward pass (rows x padded length): smaller passes are filled up
 #: with empty texts, since below this the kernels' result depends on the pass's size
