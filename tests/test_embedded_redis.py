@@ -136,6 +136,20 @@ def wait_gone(state: Path, timeout: float = 30.0) -> list[psutil.Process]:
     return left
 
 
+def _wait_process(state: Path, argument: str, timeout: float = 60.0) -> psutil.Process:
+    """The stack's process with ``argument`` in its argv, once it has been started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in stack_processes(state):
+            try:
+                if argument in proc.cmdline():
+                    return proc
+            except psutil.Error:
+                continue
+        time.sleep(0.1)
+    pytest.fail(f"no process with {argument!r} in its argv under {state}")
+
+
 def cmdline(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes()
 
@@ -209,7 +223,7 @@ def test_no_secret_in_the_argv_of_redis_or_flower(flower_up: Up) -> None:
     """Neither redis-server's nor Flower's /proc/PID/cmdline holds a secret; Flower asks."""
     url = flower_up.wait_url()
     password = (flower_up.state / PASSWORD_FILE).read_text().strip()
-    flower = next(p for p in stack_processes(flower_up.state) if "worker.flower" in p.cmdline())
+    flower = _wait_process(flower_up.state, "worker.flower")  # up starts it after Redis
     for pid in (flower_up.redis_pid(), flower.pid):
         argv = cmdline(pid)
         assert password.encode() not in argv and b"flower-test-secret" not in argv, argv
