@@ -20,7 +20,7 @@ from config import Settings
 from tasks.tags.embedder import TextEncoder, embed_distinct
 from tasks.tags.exports import export_embedder, export_status, verify_export
 from tasks.tags.models import BackendUnavailable, load_embedder
-from tasks.tags.onnx import ExportManifest, OnnxEmbedder
+from tasks.tags.onnx import ROW_INT8, ExportManifest, OnnxEmbedder
 from tasks.tags.options import TagOptions
 from tasks.tags.pipeline import extract_tags
 from tasks.tags.samples import ENGLISH, JAPANESE, documents
@@ -144,7 +144,7 @@ def test_old_per_tensor_int8_export_runs_one_text_per_call(cache: Path, tmp_path
     old = tmp_path / "old-int8"
     shutil.copytree(source, old)
     manifest = ExportManifest.read(old)
-    assert manifest.quantization == "int8-per-row"
+    assert manifest.quantization == ROW_INT8
     manifest.quantization = ""
     manifest.save(old)
     assert OnnxEmbedder(old, 1).batch_size == 1
@@ -239,7 +239,7 @@ def test_auto_builds_the_int8_export_once_and_imports_no_torch(tmp_path: Path) -
     manifest = ExportManifest.read(
         tmp_path / "embedders" / "bundled_all-MiniLM-L6-v2" / "onnx-int8"
     )
-    assert manifest.usable and manifest.quantization == "int8-per-row"
+    assert manifest.usable and manifest.quantization == ROW_INT8
 
 
 def test_auto_falls_back_to_torch_when_int8_fails_verification(
@@ -255,6 +255,24 @@ def test_auto_falls_back_to_torch_when_int8_fails_verification(
         loaded = load_embedder(_settings(own, embedder_min_cosine=0.9999))
     assert loaded.backend == "torch" and loaded.details["requested_backend"] == "auto"
     assert any("running torch FP32 instead" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_rebuilds_a_first_generation_per_row_export(cache: Path, tmp_path: Path) -> None:
+    """An INT8 export recorded as the first per-row graph ("int8-per-row", slower) is stale:
+    auto rebuilds it once into the current graph, verified, and loads that."""
+    import shutil
+
+    own = tmp_path / "cache"
+    shutil.copytree(cache, own)
+    directory = export_status(_settings(own))[1].path
+    manifest = ExportManifest.read(directory)
+    manifest.quantization = "int8-per-row"
+    manifest.save(directory)
+    before = (directory / "model.onnx").stat().st_mtime_ns
+    loaded = load_embedder(_settings(own))
+    rebuilt = ExportManifest.read(directory)
+    assert loaded.backend == "onnx-int8" and rebuilt.quantization == ROW_INT8 and rebuilt.usable
+    assert (directory / "model.onnx").stat().st_mtime_ns != before
 
 
 def test_mmr_matches_keybert() -> None:

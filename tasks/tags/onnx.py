@@ -45,8 +45,10 @@ TOKENIZER_FILE = "tokenizer.json"
 #: 17 has every op BERT-style encoders need and runs on onnxruntime >= 1.13
 OPSET = 17
 #: ``ExportManifest.quantization`` of ``quantize_int8``'s builds: INT8 weights per output
-#: column, activations per token row, word-embedding table per row
-ROW_INT8 = "int8-per-row"
+#: column, activations per token row, word-embedding table per row. "-2": rows quantized and
+#: scaled back by one QuantizeLinear / DequantizeLinear each, the zero-point correction and
+#: the bias in one Gemm; auto mode rebuilds a first-generation ("int8-per-row") export
+ROW_INT8 = "int8-per-row-2"
 #: rows of one batched pass at most, and tokens (rows x padded length) at most: the attention
 #: scores of a pass are rows x heads x length^2 floats, so long texts run in fewer rows
 PASS_ROWS = 64
@@ -208,13 +210,20 @@ class _RowQuantizer:
     def run(self) -> None:
         nodes: list[Any] = []
         table = self._word_table()
-        self._constant("rq/tiny", np.array(1e-12, np.float32))
-        self._constant("rq/0", np.array(0.0, np.float32))
-        self._constant("rq/255", np.array(255.0, np.float32))
+        biases = self._bias_adds()
+        fused = {id(add) for _, add in biases.values()}
+        for name, value in (("tiny", 1e-12), ("0", 0.0), ("1", 1.0), ("255", 255.0)):
+            self._constant(f"rq/{name}", np.array(value, np.float32))
+        self._constant("rq/last", np.array([-1], np.int64))
+        self._constant("rq/one_column", np.array([0, 0, 0, 1], np.int64))
         for node in self.graph.node:
             weight = self.weights.get(node.input[1]) if len(node.input) > 1 else None
+            if id(node) in fused:
+                continue  # its bias is added by the MatMul's rewrite
             if node.op_type == "MatMul" and weight is not None and weight.ndim == 2:
-                nodes += self._matmul(node, weight.astype(np.float32))
+                bias, add = biases.get(node.output[0], (None, None))
+                y = add.output[0] if add is not None else node.output[0]
+                nodes += self._matmul(node, weight.astype(np.float32), bias, y)
             elif node.op_type == "Gather" and node.input[0] == table:
                 nodes += self._lookup(node, self.weights[table].astype(np.float32))
             else:
@@ -226,6 +235,29 @@ class _RowQuantizer:
         self.graph.node.extend(nodes)
         del self.graph.initializer[:]
         self.graph.initializer.extend(kept)
+
+    def _bias_adds(self) -> dict[str, tuple[NDArray[np.float32], Any]]:
+        """A weight MatMul's output -> (bias, Add node) where its one reader adds a constant
+        vector (a linear layer's bias): the rewrite adds that bias itself."""
+        readers: dict[str, list[Any]] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        outputs = {o.name for o in self.graph.output}
+        found = {}
+        for node in self.graph.node:
+            weight = self.weights.get(node.input[1]) if len(node.input) > 1 else None
+            if node.op_type != "MatMul" or weight is None or weight.ndim != 2:
+                continue
+            y = node.output[0]
+            [add, *more] = readers.get(y, [None])
+            if more or add is None or add.op_type != "Add" or y in outputs:
+                continue
+            [other] = [name for name in add.input if name != y] or [None]
+            bias = self.weights.get(other) if other else None
+            if bias is not None and bias.shape == (weight.shape[1],):
+                found[y] = (bias.astype(np.float32), add)
+        return found
 
     def _word_table(self) -> str | None:
         """The largest 2-D table a Gather reads from (the word embeddings), if any."""
@@ -248,26 +280,39 @@ class _RowQuantizer:
         self.count += 1
         return f"rq{self.count}/"
 
-    def _matmul(self, node: Any, weight: NDArray[np.float32]) -> list[Any]:
-        """x @ W as ``scale * s_w * (x_q @ W_q - zero * colsum(W_q))``, row by row of x.
+    def _matmul(
+        self, node: Any, weight: NDArray[np.float32], bias: NDArray[np.float32] | None, y: str
+    ) -> list[Any]:
+        """``y`` = x @ W (+ bias), the rows of x quantized each over its own range.
 
-        Each row of x is quantized over its own range (0 included) to uint8: ``scale`` =
-        (max - min) / 255, ``zero`` = round(-min / scale); the integer matmul runs with a
-        zero point of 0 and the row's zero point is taken out after, with the weight's
-        column sums (onnxruntime takes only one zero point per tensor).
+        x is taken as rows [N, d]. A row's scale is (max - min) / 255 over the row, 0 included,
+        its zero point round(-min / scale); ``QuantizeLinear`` per row (axis 0) makes the row's
+        uint8 codes in one pass, ``MatMulInteger`` with W in int8 (symmetric, one scale per
+        output column) sums them exactly, ``DequantizeLinear`` per row scales the sums back
+        in one pass, and the column scales follow. onnxruntime takes one zero point per
+        tensor only, so the row's comes out after: zero x the weight's column sums, a rank-1
+        term that one ``Gemm`` adds together with the bias ([-zero x scale, 1] by
+        [column sums x column scale; bias]). Each row's result depends on that row alone.
         """
         from onnx import TensorProto, helper
 
-        p, (x,), (y,) = self._prefix(), node.input[:1], node.output
+        p, x = self._prefix(), node.input[0]
+        columns = weight.shape[1]
         column_scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127.0
         quantized = np.clip(np.round(weight / column_scale), -127, 127).astype(np.int8)
+        added = quantized.astype(np.float64).sum(axis=0) * column_scale
+        if bias is not None:
+            added = np.stack([added, bias])
         w = self._constant(p + "w", quantized)
         w_scale = self._constant(p + "w_scale", column_scale.astype(np.float32))
-        w_sums = self._constant(p + "w_sums", quantized.astype(np.float32).sum(axis=0))
+        rank_one = self._constant(p + "added", np.atleast_2d(added).astype(np.float32))
+        rows = self._constant(p + "rows", np.array([-1, weight.shape[0]], np.int64))
+        width = self._constant(p + "width", np.array([columns], np.int64))
         make = helper.make_node
         return [
-            make("ReduceMin", [x], [p + "min"], axes=[-1], keepdims=1),
-            make("ReduceMax", [x], [p + "max"], axes=[-1], keepdims=1),
+            make("Reshape", [x, rows], [p + "x"]),
+            make("ReduceMin", [p + "x"], [p + "min"], axes=[1], keepdims=0),
+            make("ReduceMax", [p + "x"], [p + "max"], axes=[1], keepdims=0),
             make("Min", [p + "min", "rq/0"], [p + "lo"]),
             make("Max", [p + "max", "rq/0"], [p + "hi"]),
             make("Sub", [p + "hi", p + "lo"], [p + "span"]),
@@ -275,18 +320,25 @@ class _RowQuantizer:
             make("Div", [p + "span1", "rq/255"], [p + "x_scale"]),
             make("Div", [p + "lo", p + "x_scale"], [p + "lo_steps"]),
             make("Round", [p + "lo_steps"], [p + "neg_zero"]),
-            make("Div", [x, p + "x_scale"], [p + "scaled"]),
-            make("Round", [p + "scaled"], [p + "rounded"]),
-            make("Sub", [p + "rounded", p + "neg_zero"], [p + "shifted"]),
-            make("Clip", [p + "shifted", "rq/0", "rq/255"], [p + "clipped"]),
-            make("Cast", [p + "clipped"], [p + "x_q"], to=TensorProto.UINT8),
+            make("Neg", [p + "neg_zero"], [p + "zero_f"]),
+            make("Cast", [p + "zero_f"], [p + "zero"], to=TensorProto.UINT8),
+            make("QuantizeLinear", [p + "x", p + "x_scale", p + "zero"], [p + "x_q"], axis=0),
             make("MatMulInteger", [p + "x_q", w], [p + "sums"]),
-            make("Cast", [p + "sums"], [p + "sums_f"], to=TensorProto.FLOAT),
-            make("Mul", [p + "neg_zero", w_sums], [p + "zero_sums"]),
-            make("Add", [p + "sums_f", p + "zero_sums"], [p + "centred"]),
-            make("Mul", [p + "centred", p + "x_scale"], [p + "by_row"]),
-            make("Mul", [p + "by_row", w_scale], [y], name=node.name),
-        ]
+            make("DequantizeLinear", [p + "sums", p + "x_scale"], [p + "by_row"], axis=0),
+            make("Mul", [p + "by_row", w_scale], [p + "scaled"]),
+            make("Mul", [p + "neg_zero", p + "x_scale"], [p + "shift"]),
+            make("Unsqueeze", [p + "shift", "rq/last"], [p + "shift_column"]),
+            *(
+                [make("Pad", [p + "shift_column", "rq/one_column", "rq/1"], [p + "left"])]
+                if bias is not None
+                else []
+            ),
+            make("Gemm", [p + ("left" if bias is not None else "shift_column"), rank_one,
+                          p + "scaled"], [p + "y"]),
+            make("Shape", [x], [p + "lead"], end=-1),
+            make("Concat", [p + "lead", width], [p + "y_shape"], axis=0),
+            make("Reshape", [p + "y", p + "y_shape"], [y], name=node.name),
+        ]  # fmt: skip
 
     def _lookup(self, node: Any, table: NDArray[np.float32]) -> list[Any]:
         from onnx import TensorProto, helper
