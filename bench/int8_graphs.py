@@ -3,7 +3,7 @@
 Made for the per-row INT8 graph's second generation (``ROW_INT8``: rows quantized by one
 ``QuantizeLinear`` and scaled back by one ``DequantizeLinear`` each, the zero-point
 correction and the bias in one ``Gemm``) against the first (the same numbers computed by
-fourteen elementwise ops around each ``MatMulInteger``), but it takes any two export
+nineteen elementwise ops around each ``MatMulInteger``), but it takes any two export
 directories. Each is loaded as the worker loads it (``OnnxEmbedder``, the configured threads
 per child); ``extract_tags`` runs over the committed Inspec and SemEval2017 abstracts in
 batches of the default tags batch size with a fresh ``VectorCache``, then on lone abstracts

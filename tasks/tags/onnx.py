@@ -171,9 +171,11 @@ def quantize_int8(fp32_dir: Path, target: Path) -> ExportManifest:
     """INT8 build of the FP32 export into ``target``, batch-independent (module docstring).
 
     Every MatMul by a weight (attention projections and feed-forward, 36 in MiniLM-L6)
-    becomes: the activation's rows quantized to uint8 around 128 with a scale of their own,
+    becomes: the activation's rows quantized to uint8 each over its own range,
     ``MatMulInteger`` with the weight in int8 (symmetric, one scale per output column), the
-    int32 sums scaled back by the row's and the column's scale. The word-embedding table is
+    int32 sums scaled back by the row's and the column's scale, the linear layer's bias added
+    in the same ``Gemm`` as the row's zero-point correction (``_RowQuantizer._matmul``;
+    1.24x the docs/s of the first per-row graph, ``bench.int8_graphs``). The word-embedding table is
     stored in int8 with a scale per row and dequantized after the lookup. Measured on the
     verification set (MiniLM-L6, AVX-512 VNNI, 2 threads): min cos 0.99+ against torch FP32
     with all MatMuls in INT8, where per-tensor dynamic INT8 had to keep the feed-forward
