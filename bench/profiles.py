@@ -19,6 +19,7 @@ from typing import Any
 from bench import tags, transcription
 from bench.harness import Stack, progress
 from bench.plan import Plan
+from bench.real_tags import real_documents
 
 #: the issue's product targets
 TAGS_VS_NAIVE = 8.0
@@ -172,13 +173,14 @@ def _summarize(proc: subprocess.Popen[bytes] | None, inside: tuple[str, ...]) ->
 
 
 def profile_tag_worker(stack: Stack, plan: Plan) -> dict[str, Any]:
-    """py-spy on the batched tag worker's child while it drains a full queue."""
+    """py-spy on the batched tag worker's child while it drains a full queue of the real
+    abstracts (the short sentences drain in about a second: too few samples to read)."""
     with stack.worker("tags-profile", "tags") as worker:
         child = worker.children()[0].pid
         tags.throughput(stack, tags.BATCHED_TASK, tags.docs(16))
         jobs = [
             stack.celery.send_task(tags.BATCHED_TASK, kwargs={"text": t})
-            for t in tags.docs(plan.tags_docs * 2)
+            for t in real_documents(plan.real_tags_docs)
         ]
         spy = _spy(child, plan.profile_seconds)
         summary = _summarize(spy, ("tasks/tags/pipeline.py",))

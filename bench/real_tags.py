@@ -15,9 +15,11 @@ D C B A):
   stop_words="english", top_n=5)`` on all documents at once, the bundled model on torch.
 
 Workers start fresh each round (their vector cache starts empty, as the in-process one);
-each worker child's RSS is read after its documents.
+each worker child's RSS is read after its documents. ``--modes`` runs some of them only (the
+torch model and KeyBERT are then loaded only if asked for): ``--modes queue,in-process
+--rounds 6`` pits the queue against its limit with more rounds than the full bench affords.
 
-    .venv/bin/python -m bench.real_tags [--docs 512] [--rounds 2]
+    .venv/bin/python -m bench.real_tags [--docs 512] [--rounds 2] [--modes queue,naive,...]
 """
 
 from __future__ import annotations
@@ -53,19 +55,20 @@ def real_documents(count: int) -> list[str]:
 class Runner:
     """Each mode as a callable texts -> docs/s, the in-process models loaded once."""
 
-    def __init__(self, stack: Stack) -> None:
-        from keybert import KeyBERT
-
+    def __init__(self, stack: Stack, modes: Sequence[str] = MODES) -> None:
         self.stack = stack
         #: worker child RSS (MB) after its documents, per mode
         self.rss: dict[str, list[float]] = {}
         self.settings = Settings(model_cache_dir=MODEL_CACHE, embedder_device="cpu")  # type: ignore[call-arg]
         self.loaded = load_embedder(self.settings)
-        self.torch = load_embedder(self.settings.model_copy(update={"embedder_backend": "torch"}))
-        self.keybert = KeyBERT(model=self.torch.model.model)
         warm = ["Warm-up text on neural networks and support vector machines."] * 4
         extract_tags(warm, TagOptions(), encoder=self.loaded.model)
-        self.keybert.extract_keywords(warm, keyphrase_ngram_range=(1, 2), stop_words="english")
+        if "keybert" in modes:
+            from keybert import KeyBERT
+
+            torch = load_embedder(self.settings.model_copy(update={"embedder_backend": "torch"}))
+            self.keybert = KeyBERT(model=torch.model.model)
+            self.keybert.extract_keywords(warm, keyphrase_ngram_range=(1, 2), stop_words="english")
 
     def modes(self) -> dict[str, Callable[[list[str]], float]]:
         return {
@@ -108,31 +111,38 @@ class Runner:
         return len(texts) / (time.perf_counter() - started)
 
 
-def run(stack: Stack, docs: int, rounds: int) -> dict[str, Any]:
-    """docs/s of every mode, ``rounds`` times in alternating order, and the ratios."""
+def run(stack: Stack, docs: int, rounds: int, only: Sequence[str] = MODES) -> dict[str, Any]:
+    """docs/s of each mode in ``only``, ``rounds`` times in alternating order, and the ratios
+    (those whose two modes ran)."""
     texts = real_documents(docs)
-    runner = Runner(stack)
+    chosen = tuple(mode for mode in MODES if mode in only)
+    runner = Runner(stack, chosen)
     modes = runner.modes()
-    rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+    rates: dict[str, list[float]] = {mode: [] for mode in chosen}
     for round_ in range(rounds):
-        order = MODES if round_ % 2 == 0 else tuple(reversed(MODES))
-        for mode in order:
+        for mode in chosen if round_ % 2 == 0 else tuple(reversed(chosen)):
             rates[mode].append(modes[mode](texts))
             progress(f"  real documents, round {round_ + 1}, {mode}: {rates[mode][-1]:.1f} docs/s")
     mean = {mode: statistics.fmean(values) for mode, values in rates.items()}
+    ratios = {
+        name: mean["queue"] / mean[other]
+        for name, other in (
+            ("int8_vs_torch_queue", "queue-torch"),
+            ("queue_vs_keybert", "keybert"),
+            ("queue_vs_naive", "naive"),
+            ("queue_vs_in_process", "in-process"),
+        )
+        if "queue" in mean and other in mean
+    }
+    if "queue" in runner.rss and "queue-torch" in runner.rss:
+        ratios["int8_vs_torch_rss"] = runner.rss["queue"][-1] / runner.rss["queue-torch"][-1]
     return {
         "docs": docs,
         "rounds": rounds,
         "backend": runner.loaded.backend,
         "docs_per_s": {mode: [round(v, 2) for v in values] for mode, values in rates.items()},
         "child_rss_mb": {mode: max(values) for mode, values in runner.rss.items()},
-        "ratios": {
-            "int8_vs_torch_queue": mean["queue"] / mean["queue-torch"],
-            "int8_vs_torch_rss": runner.rss["queue"][-1] / runner.rss["queue-torch"][-1],
-            "queue_vs_keybert": mean["queue"] / mean["keybert"],
-            "queue_vs_naive": mean["queue"] / mean["naive"],
-            "queue_vs_in_process": mean["queue"] / mean["in-process"],
-        },
+        "ratios": ratios,
     }
 
 
@@ -140,9 +150,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.real_tags", description=__doc__)
     parser.add_argument("--docs", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="comma-separated, of " + ", ".join(MODES)
+    )
     args = parser.parse_args(argv)
+    only = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    if unknown := set(only) - set(MODES):
+        parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
     with Stack() as stack:
-        found = run(stack, args.docs, args.rounds)
+        found = run(stack, args.docs, args.rounds, only)
     print(f"{found['docs']} real documents, backend {found['backend']}, {args.rounds} rounds")
     for mode, values in found["docs_per_s"].items():
         print(f"  {mode:10s} {' '.join(f'{v:6.1f}' for v in values)} docs/s")
