@@ -10,13 +10,14 @@ batches of the default tags batch size with a fresh ``VectorCache``, then on lon
 (batch 1, as a request arriving alone), the two exports alternated A B, B A in one run.
 Printed: docs/s each way, the ratio, and the share of tags the two agree on.
 
-A first-generation export comes from the commit before the change::
+A first-generation export comes from the commit before the change, exported by its own
+code with this checkout's virtual environment::
 
-    git worktree add /tmp/gen1 3046877 && cd /tmp/gen1 && \\
-      MLWORKER_MODEL_CACHE_DIR=/tmp/gen1-cache ../main/.venv/bin/python -m worker.cli \\
-      models export --backend onnx-int8
-    .venv/bin/python -m bench.int8_graphs \\
-      /tmp/gen1-cache/embedders/bundled_all-MiniLM-L6-v2/onnx-int8 \\
+    git worktree add /tmp/gen1 3046877
+    (REPO=$PWD; cd /tmp/gen1 && MLWORKER_MODEL_CACHE_DIR=/tmp/gen1-cache \
+      "$REPO/.venv/bin/python" -m worker.cli models export --backend onnx-int8)
+    .venv/bin/python -m bench.int8_graphs \
+      /tmp/gen1-cache/embedders/bundled_all-MiniLM-L6-v2/onnx-int8 \
       .state/cache/embedders/bundled_all-MiniLM-L6-v2/onnx-int8 [--docs 512] [--rounds 2]
 """
 
