@@ -219,10 +219,9 @@ class _RowQuantizer:
         self._constant("rq/last", np.array([-1], np.int64))
         self._constant("rq/one_column", np.array([0, 0, 0, 1], np.int64))
         for node in self.graph.node:
-            weight = self.weights.get(node.input[1]) if len(node.input) > 1 else None
             if id(node) in fused:
                 continue  # its bias is added by the MatMul's rewrite
-            if node.op_type == "MatMul" and weight is not None and weight.ndim == 2:
+            if (weight := self._matmul_weight(node)) is not None:
                 bias, add = biases.get(node.output[0], (None, None))
                 y = add.output[0] if add is not None else node.output[0]
                 nodes += self._matmul(node, weight.astype(np.float32), bias, y)
@@ -248,8 +247,7 @@ class _RowQuantizer:
         outputs = {o.name for o in self.graph.output}
         found = {}
         for node in self.graph.node:
-            weight = self.weights.get(node.input[1]) if len(node.input) > 1 else None
-            if node.op_type != "MatMul" or weight is None or weight.ndim != 2:
+            if (weight := self._matmul_weight(node)) is None:
                 continue
             y = node.output[0]
             [add, *more] = readers.get(y, [None])
@@ -260,6 +258,13 @@ class _RowQuantizer:
             if bias is not None and bias.shape == (weight.shape[1],):
                 found[y] = (bias.astype(np.float32), add)
         return found
+
+    def _matmul_weight(self, node: Any) -> NDArray[Any] | None:
+        """The 2-D constant weight ``node`` multiplies by, if it is such a MatMul."""
+        if node.op_type != "MatMul" or len(node.input) < 2:
+            return None
+        weight = self.weights.get(node.input[1])
+        return weight if weight is not None and weight.ndim == 2 else None
 
     def _word_table(self) -> str | None:
         """The largest 2-D table a Gather reads from (the word embeddings), if any."""
