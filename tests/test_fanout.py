@@ -8,6 +8,7 @@ chunks of at least 35 s, so it runs as three or four chunks (a real deployment: 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -25,7 +26,9 @@ from tasks.transcription.audio import SAMPLE_RATE, DecodedAudio
 from tasks.transcription.fanout import (
     LANGUAGE_WINDOW_S,
     Chunk,
+    cut_after,
     cut_points,
+    first_cut,
     first_speech,
     part_of,
     speech_of,
@@ -63,8 +66,16 @@ def recording(input_root: Path) -> tuple[str, str]:
     return "fanout.flac", text
 
 
+def _chunk_bounds() -> list[tuple[float, float]]:
+    """The chunks a worker sends (the first cut from the head, the rest after it)."""
+    audio, chunk_s = _recording()[0], float(FANOUT["MLWORKER_TRANSCRIBE_FANOUT_CHUNK_S"])
+    cut, _ = first_cut(audio, chunk_s)
+    assert cut is not None
+    return [(c.start_s, c.end_s) for c in cut_after(audio, chunk_s, cut)]
+
+
 def _chunk_count() -> int:
-    return len(cut_points(_recording()[0], float(FANOUT["MLWORKER_TRANSCRIBE_FANOUT_CHUNK_S"])))
+    return len(_chunk_bounds())
 
 
 def _send(app: Celery, path: str, **kwargs: Any) -> AsyncResult:
@@ -88,17 +99,38 @@ def _wait_for_chunks(app: Celery, job: AsyncResult, timeout: float = 120.0) -> d
 
 def test_cut_points_fall_in_pauses_and_cover_the_recording() -> None:
     """Every cut lies in a pause of the speech, chunks tile the recording in order and are
-    at least ``chunk_s`` long (but the last)."""
+    at least ``chunk_s`` long (but the last): cut in one pass, and as a worker cuts them
+    (the first chunk from the head's VAD, the rest from the rest's)."""
     audio, _ = _recording()
-    chunks = cut_points(audio, 35.0)
-    assert len(chunks) >= 3
-    assert chunks[0].start_s == 0.0 and chunks[-1].end_s == pytest.approx(len(audio) / SAMPLE_RATE)
-    loud = float(np.sqrt(np.mean(audio[np.abs(audio) > 0.01] ** 2)))  # speech level
-    for before, after in zip(chunks, chunks[1:], strict=False):
-        assert before.end_s == after.start_s and before.end_s - before.start_s >= 35.0
-        cut = int(before.end_s * SAMPLE_RATE)
-        around = audio[cut - SAMPLE_RATE // 8 : cut + SAMPLE_RATE // 8]  # 125 ms each side
-        assert float(np.sqrt(np.mean(around**2))) < 0.1 * loud  # a pause, not speech
+    cut, _ = first_cut(audio, 35.0)
+    assert cut is not None
+    for chunks in (cut_points(audio, 35.0), cut_after(audio, 35.0, cut)):
+        assert len(chunks) >= 3
+        assert chunks[0].start_s == 0.0
+        assert chunks[-1].end_s == pytest.approx(len(audio) / SAMPLE_RATE)
+        loud = float(np.sqrt(np.mean(audio[np.abs(audio) > 0.01] ** 2)))  # speech level
+        for before, after in zip(chunks, chunks[1:], strict=False):
+            assert before.end_s == after.start_s and before.end_s - before.start_s >= 35.0
+            cut = int(before.end_s * SAMPLE_RATE)
+            around = audio[cut - SAMPLE_RATE // 8 : cut + SAMPLE_RATE // 8]  # 125 ms each side
+            assert float(np.sqrt(np.mean(around**2))) < 0.1 * loud  # a pause, not speech
+
+
+def test_the_head_settles_the_first_cut_or_says_it_cannot() -> None:
+    """The first chunk's end found from the head alone is the one pass's; a head whose
+    speech runs on past it (no pause after the cut window), or a recording the head
+    covers, gives None and the whole recording's speech."""
+    audio, _ = _recording()
+    cut, head = first_cut(audio, 35.0)
+    assert cut is not None and cut / SAMPLE_RATE == cut_points(audio, 35.0)[0].end_s
+    assert head[-1]["end"] <= int(2.5 * 35.0 * SAMPLE_RATE)  # the VAD read the head only
+    assert first_speech(audio, head).tolist() == first_speech(audio, speech_of(audio)).tolist()
+    assert first_cut(audio, 50.0)[0] is None  # a 125 s head: the whole recording
+    whole = speech_of(audio)
+    assert first_cut(audio, 50.0)[1] == whole
+    talk = np.tile(samples("long_sentences")[: 2 * SAMPLE_RATE], 60)  # no pause of 0.5 s
+    found, speech = first_cut(talk, 35.0)
+    assert found is None and speech == speech_of(talk)
 
 
 def test_one_vad_pass_gives_the_cuts_and_the_speech_the_language_is_read_from() -> None:
@@ -314,45 +346,133 @@ def test_chunk_that_fails_for_good_fails_the_job(
     assert type(caught.value).__name__ == "ChunkFailed"
 
 
+class _Sending:
+    """An app whose sends are recorded, not queued; Redis (the fan-out's state) is real.
+    ``on_send(options)``: called after each send is recorded."""
+
+    def __init__(self, app: Celery, on_send: Callable[[dict[str, Any]], None] | None = None):
+        self.backend = app.backend
+        self.sent: list[dict[str, Any]] = []
+        self.on_send = on_send
+
+    def send_task(self, name: str, **options: Any) -> None:
+        assert name == TASK
+        self.sent.append(options)
+        if self.on_send is not None:
+            self.on_send(options)
+
+
+def _start(app: Any, job_id: str, path: str, input_root: Path, language: str) -> int:
+    from config import Settings
+    from tasks.transcription import chunks
+
+    settings = Settings(input_root=input_root, transcribe_fanout_chunk_s=35.0)  # type: ignore[call-arg]
+    job = parse_request({"audio_path": path}, settings)
+    return chunks.start(
+        app,
+        job_id,
+        job,
+        _recording()[0],
+        settings,
+        detect=lambda heard: (language, 0.9),
+        queue="transcribe",
+        priority=3,
+    )
+
+
 def test_a_job_delivered_again_sends_the_same_chunks(
     client_app: Celery, recording: tuple[str, str], input_root: Path
 ) -> None:
     """A job whose child died after it sent its chunks runs ``start`` again: the same chunks
     go out (same ids, token, bounds, language: what the first run decided), the progress
-    already made stays. Real Redis holds the fan-out; the sends are recorded, not queued."""
+    already made stays."""
     from uuid import uuid4
 
-    from config import Settings
-    from tasks.transcription import chunks
-
-    sent: list[dict[str, Any]] = []
-
-    class Sending:
-        backend = client_app.backend
-
-        def send_task(self, name: str, **options: Any) -> None:
-            assert name == TASK
-            sent.append(options)
-
-    settings = Settings(input_root=input_root, transcribe_fanout_chunk_s=35.0)  # type: ignore[call-arg]
-    job = parse_request({"audio_path": recording[0]}, settings)
-    audio, job_id = _recording()[0], f"redelivered-{uuid4()}"
-    app: Any = Sending()
-    count = chunks.start(
-        app, job_id, job, audio, settings, language=("en", 0.9), queue="transcribe", priority=3
-    )
-    first = list(sent)
+    app = _Sending(client_app)
+    job_id = f"redelivered-{uuid4()}"
+    count = _start(app, job_id, recording[0], input_root, "en")
+    first = list(app.sent)
     progress = {"fraction": 0.5, "phase": "chunks", "chunks": count, "chunks_done": 2}
     client_app.backend.store_result(job_id, progress, "PROGRESS")
-    sent.clear()
-    again = chunks.start(
-        app, job_id, job, audio, settings, language=("de", 0.1), queue="transcribe", priority=3
-    )
+    app.sent.clear()
+    again = _start(app, job_id, recording[0], input_root, "de")
+    sent = app.sent
     assert count == again == _chunk_count()
-    assert [m["task_id"] for m in sent] == [m["task_id"] for m in first]
-    assert [m["kwargs"] for m in sent] == [m["kwargs"] for m in first]
+    assert sorted(m["task_id"] for m in sent) == sorted(m["task_id"] for m in first)
+    assert sorted(map(str, (m["kwargs"] for m in sent))) == sorted(
+        map(str, (m["kwargs"] for m in first))
+    )
     assert {m["kwargs"]["language"] for m in sent} == {"en"}  # decided by the first run
     assert {m["priority"] for m in sent} == {3} and {m["queue"] for m in sent} == {"transcribe"}
     lengths = [m["kwargs"]["fanout"]["end_s"] - m["kwargs"]["fanout"]["start_s"] for m in sent]
     assert lengths == sorted(lengths, reverse=True)  # longest first
     assert client_app.backend.get_task_meta(job_id)["result"]["chunks_done"] == 2
+
+
+def test_the_first_chunk_goes_out_before_the_rest_is_planned(
+    client_app: Celery, recording: tuple[str, str], input_root: Path
+) -> None:
+    """Chunk 0 is sent once the head settles its end, before the count is known; ending at
+    once (before the rest is planned), it is counted by ``start`` and still only once."""
+    from uuid import uuid4
+
+    from config import Settings
+    from tasks.transcription import chunks
+    from tasks.transcription.options import parse_chunk
+
+    job_id = f"early-{uuid4()}"
+    key = chunks.KEY.format(job_id)
+    planned_when_sent: list[bool] = []
+
+    def end_at_once(options: dict[str, Any]) -> None:
+        ref = parse_chunk(options["kwargs"]["fanout"])
+        planned_when_sent.append(client_app.backend.client.hexists(key, "chunks"))
+        if ref.index == 0:
+            chunks.record(app, ref, {"segments": [], "path": "plain"}, None, Settings())  # type: ignore[arg-type]
+
+    app = _Sending(client_app, end_at_once)
+    count = _start(app, job_id, recording[0], input_root, "en")
+    assert app.sent[0]["task_id"] == f"{job_id}:chunk:0"
+    assert planned_when_sent == [False] + [True] * (count - 1)
+    assert client_app.backend.get_task_meta(job_id)["result"]["chunks_done"] == 1
+    first = parse_chunk(app.sent[0]["kwargs"]["fanout"])
+    assert (first.start_s, first.end_s) == (0.0, _chunk_bounds()[0][1])
+    chunks.record(app, first, {"segments": [], "path": "plain"}, None, Settings())  # type: ignore[arg-type]
+    assert client_app.backend.client.scard(key + ":done") == 1
+
+
+def test_the_stitch_is_sent_once_by_whoever_finds_the_set_complete(
+    client_app: Celery, recording: tuple[str, str], input_root: Path
+) -> None:
+    """The last chunk's child died after counting it, before sending the job to be stitched:
+    that chunk, delivered again and told again, sends it. Told once more, or the job itself
+    delivered again, nothing more is sent: one stitch."""
+    from uuid import uuid4
+
+    from config import Settings
+    from tasks.transcription import chunks
+    from tasks.transcription.options import parse_chunk
+    from worker import deferred
+    from worker.admission import Ticket
+
+    job_id = f"ended-{uuid4()}"
+    client = client_app.backend.client
+    key = chunks.KEY.format(job_id)
+    app = _Sending(client_app)
+    ticket = Ticket(id=job_id, task=TASK, kwargs={"audio_path": recording[0]}, queue="transcribe")
+    deferred.keep(client, ticket, 60)  # ``RunContext.deferring``, before ``start``
+    count = _start(app, job_id, recording[0], input_root, "en")
+    refs = [parse_chunk(m["kwargs"]["fanout"]) for m in app.sent]
+    part = {"segments": [], "path": "plain"}
+    for ref in refs[:-1]:
+        chunks.record(app, ref, part, None, Settings())  # type: ignore[arg-type]
+    client.hset(key + ":parts", str(refs[-1].index), json.dumps(part))  # counted, then died
+    client.sadd(key + ":done", refs[-1].index)
+    assert [m for m in app.sent if m["task_id"] == job_id] == []
+    chunks.record(app, refs[-1], part, None, Settings())  # type: ignore[arg-type]
+    stitches = [m for m in app.sent if m["task_id"] == job_id]
+    assert len(stitches) == 1 and stitches[0]["kwargs"]["fanout_stitch"] == refs[0].token
+    chunks.record(app, refs[-1], part, None, Settings())  # type: ignore[arg-type]
+    deferred.keep(client, ticket, 60)  # the job delivered again keeps itself again
+    assert _start(app, job_id, recording[0], input_root, "en") == count
+    assert len([m for m in app.sent if m["task_id"] == job_id]) == 1

@@ -23,6 +23,7 @@ from celery.app.task import Context
 from celery.exceptions import SoftTimeLimitExceeded
 
 from config import Settings
+from worker import deferred
 from worker.admission import Action, Ticket, count_start, screen
 from worker.batching.rules import (
     BufferState,
@@ -35,7 +36,7 @@ from worker.errors import InsufficientMemory, InvalidInput, JobError
 from worker.execution import Executor
 from worker.families import BUILTIN_FAMILIES, load_families
 from worker.family import Families, FamilySpec, TaskSpec
-from worker.handler import Outcome, Produced, RunContext, RunMode
+from worker.handler import Deferred, Outcome, Produced, RunContext, RunMode
 from worker.isolation import run_isolated
 from worker.memory import MemoryGuard
 from worker.registry import Loaded, registry
@@ -483,6 +484,42 @@ def test_executor_skips_a_redelivered_job_that_has_its_result(client_app: Celery
     sink = _Collect()
     executor.execute([ticket], 8, sink)
     assert sink.ends[ticket.id] == "skipped" and handler.modes == ["normal"]
+
+
+class _Starting(_Doubler):
+    """A handler whose items start jobs that finish them: each is ``deferring`` first, then,
+    as the last of its jobs ending before the group does, takes its kept message back."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__()
+        self.client = client
+        self.kept_while_running: list[bool] = []
+
+    def run(self, items: Sequence[int], mode: RunMode, context: RunContext) -> list[Outcome]:
+        for index, job_id in enumerate(context.job_ids):
+            context.deferring(index)
+            taken = self.client.getdel(deferred.KEY.format(job_id))  # what ``resume`` takes
+            self.kept_while_running.append(taken is not None)
+        return [Deferred("unit") for _ in items]
+
+
+def test_a_deferred_job_is_kept_before_its_jobs_can_end(client_app: Celery) -> None:
+    """``RunContext.deferring`` keeps the job's message while the group still runs (a job it
+    started may end first and send it again), and once taken it is not kept again."""
+    client = client_app.backend.client
+    handler = _Starting(client)
+    executor = Executor(client_app, handler, Settings(), batched=True)
+    tickets = _tickets({"n": 1}, {"n": 2})
+    sink = _Collect()
+    executor.execute(tickets, 8, sink)
+    assert handler.kept_while_running == [True, True]
+    assert [sink.ends[t.id] for t in tickets] == ["skipped", "skipped"]
+    assert [client.exists(deferred.KEY.format(t.id)) for t in tickets] == [0, 0]
+    [later] = _tickets({"n": 3})  # ``Deferred`` without ``deferring``: kept after the group
+    plain = _Doubler()
+    plain.run = lambda items, mode, context: [Deferred("unit")]  # type: ignore[method-assign]
+    Executor(client_app, plain, Settings(), batched=True).execute([later], 8, _Collect())
+    assert client.exists(deferred.KEY.format(later.id)) == 1
 
 
 def test_model_registry_loads_once_and_knows_the_declared_models() -> None:

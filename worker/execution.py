@@ -88,6 +88,8 @@ class Executor(Generic[Item]):
         self.guard = guard or MemoryGuard(settings)
         self.gate = Gate(app, settings, self.guard)
         self.store = ResultStore(app.backend)
+        #: ids of jobs whose message was kept while they ran (``RunContext.deferring``)
+        self._kept: set[str] = set()
 
     def execute(self, tickets: Sequence[Ticket], batch_size: int, sink: Sink) -> None:
         """Admit, parse and run ``tickets``; every ticket ends in exactly one ``sink`` call."""
@@ -169,15 +171,23 @@ class Executor(Generic[Item]):
                 sink.failure(job.ticket, _out_of_memory(outcome))
             elif isinstance(outcome, BaseException):
                 sink.failure(job.ticket, outcome)
+        self._kept.difference_update(job.ticket.id for job in admitted)
         self.guard.job_done(len(admitted))  # one gc check per group: a full gc costs ~0.1-0.3 s
 
+    def _keep(self, ticket: Ticket) -> None:
+        """Keep how to send ``ticket``'s job again (``worker.deferred``), once per run."""
+        if self.batched and ticket.id not in self._kept:
+            ttl = int(self.settings.result_expires_s) if self.settings.result_expires_s else 86400
+            deferred.keep(self.store.backend.client, ticket, ttl)
+            self._kept.add(ticket.id)
+
     def _defer(self, ticket: Ticket, outcome: Deferred, sink: Sink) -> None:
-        """Ack the job without a result; keep how to send it again (``worker.deferred``)."""
+        """Ack the job without a result; keep how to send it again (``worker.deferred``)
+        unless it was kept while it ran."""
         if not self.batched:
             sink.failure(ticket, RuntimeError("only a batched task's job can be deferred"))
             return
-        ttl = int(self.settings.result_expires_s) if self.settings.result_expires_s else 86400
-        deferred.keep(self.store.backend.client, ticket, ttl)
+        self._keep(ticket)
         forget_starts(self.store.backend.client, ticket.id)  # its resumed run starts afresh
         log.info("job %s deferred: %s", ticket.id, outcome.reason)
         sink.skipped(ticket)
@@ -207,6 +217,7 @@ class Executor(Generic[Item]):
             progress=_Progress(self.store, [job.ticket.id for job in group]),
             queues=[job.ticket.queue for job in group],
             priorities=[job.ticket.priority for job in group],
+            deferring=lambda index: self._keep(group[index].ticket),
         )
         try:
             raise_memory_error((job.hooks for job in group), mode.lightweight)

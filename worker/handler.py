@@ -9,7 +9,7 @@ a ``MemoryError``, isolating failures, storing results and the result envelope.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -79,6 +79,10 @@ class ProgressSink(Protocol):
     def __call__(self, index: int, fraction: float, phase: str | None = None) -> None: ...
 
 
+def _keep_nothing(index: int) -> None:
+    """``RunContext.deferring`` outside a worker: nothing to keep."""
+
+
 @dataclass(frozen=True)
 class RunContext:
     """Per-call facts for ``run``: the job ids of its items, settings, a progress sink."""
@@ -90,6 +94,10 @@ class RunContext:
     #: the items' queues and priorities, as delivered (what jobs a handler starts inherit)
     queues: Sequence[str | None] = ()
     priorities: Sequence[int | None] = ()
+    #: ``deferring(index)``: item ``index`` is about to start the jobs that finish it (it
+    #: will return ``Deferred``); its message is kept now, not after the group, so that one
+    #: of them ending before the group does can already send it again
+    deferring: Callable[[int], None] = _keep_nothing
 
 
 class Handler(Protocol[Item]):

@@ -1,7 +1,8 @@
 """Long-recording fan-out over the queue: the chunks as jobs, their count, the stitch.
 
 1. ``start`` (the job's own run): the recording is decoded, its language detected once
-   (unless the job names one), cut at silences (``fanout.cut_points``), and each chunk sent
+   (unless the job names one), cut at silences (``fanout.cut_points``; the first chunk is
+   sent as soon as the recording's head settles its end), and each chunk sent
    as an ordinary ``tasks.transcribe`` job (id ``<job>:chunk:<i>``, the job's queue and
    priority, header ``mlworker_parent``) that any worker of the queue runs. The job itself
    is ``Deferred``: acked without a result, PROGRESS ``{"fraction", "phase": "chunks",
@@ -16,8 +17,8 @@
 
 Cancelling the job revokes its id: workers drop its chunks not yet started (the
 ``mlworker_parent`` header) and its resumed message. Keys, all expiring with results:
-``mlworker:fanout:<job>`` (hash: token, chunks, language, ...), ``...:parts`` (hash: index ->
-part or error), ``...:done`` (set of finished indices).
+``mlworker:fanout:<job>`` (hash: token, first_end, chunks, bounds, language, stitching, ...),
+``...:parts`` (hash: index -> part or error), ``...:done`` (set of finished indices).
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 from celery import Celery, states
 
 from config import Settings
-from tasks.transcription.audio import SAMPLE_RATE
-from tasks.transcription.fanout import Chunk, Speech, cut_points
+from tasks.transcription.audio import SAMPLE_RATE, Audio
+from tasks.transcription.fanout import Chunk, cut_after, cut_points, first_cut, first_speech
 from tasks.transcription.options import ChunkRef, TranscriptionJob
 from worker import deferred
 from worker.batching.task import PARENT_HEADER
@@ -68,33 +70,69 @@ def start(
     samples: Any,
     settings: Settings,
     *,
-    language: tuple[str, float] | None,
+    detect: Callable[[Audio], tuple[str, float]] | None,
     queue: str | None,
     priority: int | None,
     trimmed_from_s: float | None = None,
-    speech: Speech | None = None,
 ) -> int:
-    """Send the chunks of job ``job_id``; ``language``: detected once for all chunks, or
-    None when the job names it; ``speech``: ``fanout.speech_of(samples)`` when found already.
+    """Send the chunks of job ``job_id``; ``detect``: the language of a stretch of speech
+    (decided once, for every chunk), None when the job names it. The job's message must be
+    kept already (``RunContext.deferring``): a chunk may end before this returns.
 
-    A job delivered again (its child died after it started here) finds its fan-out: the
-    same chunks go out again under the same ids and token, and a chunk that has its result
-    already is skipped by admission, one that ran twice is counted once (``record``); so a
-    death anywhere in here loses nothing."""
+    The first chunk goes out as soon as the VAD of the recording's head has settled its end
+    (``fanout.first_cut``), so a second child starts on it while this one reads the rest.
+
+    A job delivered again (its child died after it started here) finds its fan-out: what
+    the first run decided (token, language, first chunk, bounds) stands, the chunks go out
+    again under the same ids, and a chunk that has its result already is skipped by
+    admission, one that ran twice is counted once (``record``); so a death anywhere in here
+    loses nothing."""
     client = app.backend.client
     key = KEY.format(job_id)
-    first = bool(client.hsetnx(key, "token", secrets.token_hex(16)))
-    token = client.hget(key, "token").decode()
-    known = None if first else client.hget(key, "bounds")
     ttl = max(1, int(settings.result_expires_s))
-    if known is not None:
-        chunks = [Chunk(i, a, b) for i, (a, b) in enumerate(json.loads(known))]
-        lang = client.hget(key, "language").decode() or None
+    client.hsetnx(key, "token", secrets.token_hex(16))
+    client.expire(key, ttl)
+    state = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+    chunk_s = settings.transcribe_fanout_chunk_s
+    sent: set[int] = set()
+
+    def send(chunk: Chunk, language: str | None) -> None:
+        ref = ChunkRef(job_id, state["token"], chunk.index, chunk.start_s, chunk.end_s)
+        named = {"language": language} if language else {}
+        app.send_task(
+            TASK,
+            kwargs={**job.kwargs, **named, "fanout": asdict(ref)},
+            task_id=f"{job_id}:chunk:{chunk.index}",
+            queue=queue,
+            priority=priority,
+            headers={PARENT_HEADER: job_id},
+            parent_id=job_id,
+        )
+        sent.add(chunk.index)
+
+    if "bounds" in state:
+        chunks = [Chunk(i, a, b) for i, (a, b) in enumerate(json.loads(state["bounds"]))]
+        lang = state["language"] or None
+        done = int(client.scard(key + ":done"))
         log.info("job %s delivered again: its %d chunks go out again", job_id, len(chunks))
     else:
-        chunks = cut_points(samples, settings.transcribe_fanout_chunk_s, speech)
-        lang, probability = language or (job.options.language, 1.0)
-        state = {
+        if "first_end" in state:  # delivered again after its first chunk went out
+            cut: int | None = int(state["first_end"])
+            lang, probability = state["language"] or None, float(state["language_probability"])
+        else:
+            cut, speech = first_cut(samples, chunk_s)
+            lang, probability = (
+                detect(first_speech(samples, speech)) if detect else (job.options.language, 1.0)
+            )
+            if cut is not None:
+                decided = {"first_end": cut, "language": lang or ""}
+                client.hset(key, mapping={**decided, "language_probability": probability})
+                send(Chunk(0, 0.0, round(cut / SAMPLE_RATE, 3)), lang)
+        if cut is not None:
+            chunks = cut_after(samples, chunk_s, cut)
+        else:
+            chunks = cut_points(samples, chunk_s, speech)
+        planned = {
             "chunks": len(chunks),
             "bounds": json.dumps([[c.start_s, c.end_s] for c in chunks]),
             "language": lang or "",
@@ -103,24 +141,18 @@ def start(
             "trimmed_from_s": "" if trimmed_from_s is None else trimmed_from_s,
         }
         pipe = client.pipeline(transaction=True)
-        pipe.hset(key, mapping=state)
-        pipe.expire(key, ttl)
-        pipe.execute()
-        app.backend.store_result(job_id, _progress(0, len(chunks)), "PROGRESS")
-    base = {**job.kwargs, "language": lang} if lang else dict(job.kwargs)
+        pipe.hset(key, mapping=planned)
+        pipe.scard(key + ":done")  # the first chunk may have ended already
+        done = int(pipe.execute()[1])
+        if done < len(chunks):
+            _counted(app, job_id, state["token"], done, len(chunks))
     # longest first: the chunks spread over the children with the least time left over
     for chunk in sorted(chunks, key=lambda c: c.start_s - c.end_s):
-        ref = ChunkRef(job_id, token, chunk.index, chunk.start_s, chunk.end_s)
-        app.send_task(
-            TASK,
-            kwargs={**base, "fanout": asdict(ref)},
-            task_id=f"{job_id}:chunk:{chunk.index}",
-            queue=queue,
-            priority=priority,
-            headers={PARENT_HEADER: job_id},
-            parent_id=job_id,
-        )
+        if chunk.index not in sent:
+            send(chunk, lang)
     log.info("job %s: %.0f s sent as %d chunks", job_id, len(samples) / SAMPLE_RATE, len(chunks))
+    if done == len(chunks):  # delivered again after its last chunk ended
+        _counted(app, job_id, state["token"], done, len(chunks))
     return len(chunks)
 
 
@@ -138,32 +170,27 @@ def record(
     error: BaseException | None,
     settings: Settings,
 ) -> None:
-    """Keep chunk ``ref``'s part (or why it failed) and count it once; the chunk that
-    completes the set sends the job again to be stitched."""
+    """Keep chunk ``ref``'s part (or why it failed) and count it once; the end that finds
+    the set complete sends the job again to be stitched (once: a chunk told again, its
+    child having died before it did so, does it then). The first chunk may end before the
+    rest are planned (no count yet): ``start`` counts it then."""
     client = app.backend.client
     key = KEY.format(ref.parent)
-    found = client.hmget(key, ["token", "chunks"])
-    if found[0] is None or found[0].decode() != ref.token:
+    token = client.hget(key, "token")
+    if token is None or token.decode() != ref.token:
         return  # no such fan-out (expired, or not this one's): nothing to count
-    count = int(found[1])
     body = part if error is None else {"error": type(error).__name__, "message": str(error)}
     ttl = max(1, int(settings.result_expires_s))
     pipe = client.pipeline(transaction=True)
     pipe.hsetnx(key + ":parts", str(ref.index), json.dumps(body))
     pipe.sadd(key + ":done", ref.index)
     pipe.scard(key + ":done")
+    pipe.hget(key, "chunks")
     pipe.expire(key + ":parts", ttl)
     pipe.expire(key + ":done", ttl)
-    _, new, done, *_ = pipe.execute()
-    if not new:
-        return  # a chunk delivered again after it was counted
-    if app.backend.get_task_meta(ref.parent)["status"] in states.READY_STATES:
-        return  # revoked meanwhile: its state stays, nothing is stitched
-    if done < count:
-        app.backend.store_result(ref.parent, _progress(int(done), count), "PROGRESS")
-        return
-    if not deferred.resume(app, ref.parent, {"fanout_stitch": ref.token}):
-        log.error("job %s: all %d chunks done but nothing to resume", ref.parent, count)
+    _, _, done, count, *_ = pipe.execute()
+    if count is not None:
+        _counted(app, ref.parent, ref.token, int(done), int(count))
 
 
 def collect(app: Celery, job_id: str, token: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -195,6 +222,19 @@ def collect(app: Celery, job_id: str, token: str) -> tuple[list[dict[str, Any]],
         "trimmed_from_s": float(state["trimmed_from_s"]) if state["trimmed_from_s"] else None,
     }
     return [parts[c.index] for c in chunks], facts
+
+
+def _counted(app: Celery, job_id: str, token: str, done: int, count: int) -> None:
+    """``done`` of job ``job_id``'s ``count`` chunks have ended: its progress, or (once)
+    its stitch."""
+    if app.backend.get_task_meta(job_id)["status"] in states.READY_STATES:
+        return  # revoked meanwhile: its state stays, nothing is stitched
+    if done < count:
+        app.backend.store_result(job_id, _progress(done, count), "PROGRESS")
+        return
+    first = app.backend.client.hsetnx(KEY.format(job_id), "stitching", 1)
+    if first and not deferred.resume(app, job_id, {"fanout_stitch": token}):
+        log.error("job %s: all %d chunks done but nothing to resume", job_id, count)
 
 
 def _progress(done: int, count: int) -> dict[str, Any]:

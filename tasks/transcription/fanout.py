@@ -26,6 +26,9 @@ MIN_LAST_SHARE = 0.25
 PAUSE_MS = 500
 #: a chunk is cut at the longest pause between ``chunk_s`` and this many times it
 LOOK_AHEAD = 1.5
+#: the first chunk's end is looked for in this many times ``chunk_s`` of the recording's
+#: start (``first_cut``): the longest window a cut may be chosen from, and a chunk's worth
+HEAD = LOOK_AHEAD + 1.0
 #: seconds of speech the language is detected from: one Whisper window, what
 #: faster-whisper's ``detect_language`` reads
 LANGUAGE_WINDOW_S = 30.0
@@ -73,25 +76,75 @@ def cut_points(samples: Audio, chunk_s: float, speech: Speech | None = None) -> 
     all stays in one chunk. ``speech``: ``speech_of(samples)`` when already found."""
     if speech is None:
         speech = speech_of(samples)
-    pauses = [
+    target = int(chunk_s * SAMPLE_RATE)
+    return _chunks(_cuts(_pauses(speech), len(samples), target), len(samples))
+
+
+def first_cut(samples: Audio, chunk_s: float) -> tuple[int | None, Speech]:
+    """Where the first chunk ends, decided from the VAD of the recording's head only
+    (``HEAD`` x ``chunk_s``), so that chunk can start before the rest has been read, and
+    the head's speech (the first ``LANGUAGE_WINDOW_S`` of it is there). The end is the one
+    ``cut_points`` chooses. None, and the whole recording's speech, when the head does not
+    settle it (speech starts again only past the head, after the pauses a cut may choose
+    from) or when less than ``chunk_s`` would follow it."""
+    target = int(chunk_s * SAMPLE_RATE)
+    head = samples[: int(HEAD * target)]
+    speech = speech_of(head)
+    pauses = _pauses(speech)
+    cut = _next_cut(pauses, 0, target)
+    if len(head) < len(samples) and cut is not None and len(samples) - cut >= target:
+        first = next(p for p in pauses if _middle(p) >= target)
+        end = _middle(first) + (LOOK_AHEAD - 1) * target
+        if any(span["start"] > end for span in speech):
+            return cut, speech
+    return None, speech if len(head) == len(samples) else speech_of(samples)
+
+
+def cut_after(samples: Audio, chunk_s: float, first_end: int) -> list[Chunk]:
+    """All the chunks when the first ends at sample ``first_end`` (``first_cut``): the rest
+    is cut as a recording of its own (one VAD pass over it), its chunks numbered from 1."""
+    rest = samples[first_end:]
+    target = int(chunk_s * SAMPLE_RATE)
+    cuts = _cuts(_pauses(speech_of(rest)), len(rest), target)
+    return _chunks([first_end, *(first_end + c for c in cuts)], len(samples))
+
+
+def _pauses(speech: Speech) -> list[tuple[int, int]]:
+    """The gaps between speech spans: (end of one, start of the next), in samples."""
+    return [
         (int(before["end"]), int(after["start"]))
         for before, after in zip(speech, speech[1:], strict=False)
     ]
-    total = len(samples)
-    target = int(chunk_s * SAMPLE_RATE)
+
+
+def _middle(pause: tuple[int, int]) -> int:
+    return (pause[0] + pause[1]) // 2
+
+
+def _next_cut(pauses: Sequence[tuple[int, int]], start: int, target: int) -> int | None:
+    """The cut after sample ``start``: the middle of the longest pause among those from
+    ``target`` after it to ``LOOK_AHEAD - 1`` x ``target`` after the first of them."""
+    later = [p for p in pauses if _middle(p) - start >= target]
+    if not later:
+        return None
+    first = _middle(later[0])
+    window = [p for p in later if _middle(p) - first <= (LOOK_AHEAD - 1) * target]
+    return _middle(max(window, key=lambda p: p[1] - p[0]))
+
+
+def _cuts(pauses: Sequence[tuple[int, int]], total: int, target: int) -> list[int]:
+    """Every cut, in samples; a last chunk under ``MIN_LAST_SHARE`` joins the one before."""
     cuts: list[int] = []
-    start = 0
-    while True:
-        later = [p for p in pauses if (p[0] + p[1]) // 2 - start >= target]
-        if not later:
-            break
-        first = (later[0][0] + later[0][1]) // 2
-        window = [p for p in later if (p[0] + p[1]) // 2 - first <= (LOOK_AHEAD - 1) * target]
-        end, begin = max(window, key=lambda p: p[1] - p[0])
-        start = (end + begin) // 2
-        cuts.append(start)
+    cut = _next_cut(pauses, 0, target)
+    while cut is not None:
+        cuts.append(cut)
+        cut = _next_cut(pauses, cut, target)
     if cuts and total - cuts[-1] < MIN_LAST_SHARE * target:
         cuts.pop()
+    return cuts
+
+
+def _chunks(cuts: Sequence[int], total: int) -> list[Chunk]:
     bounds = [0, *cuts, total]
     return [
         Chunk(i, round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3))

@@ -16,8 +16,8 @@ from celery import Celery, current_app
 
 from config import Settings
 from tasks.transcription import chunks
-from tasks.transcription.audio import DecodedAudio
-from tasks.transcription.fanout import first_speech, part_of, speech_of, stitch
+from tasks.transcription.audio import Audio, DecodedAudio
+from tasks.transcription.fanout import part_of, stitch
 from tasks.transcription.models import WHISPER
 from tasks.transcription.options import TranscriptionJob, parse_chunk, parse_request
 from tasks.transcription.runner import Outcome as RunnerOutcome
@@ -80,24 +80,23 @@ class Transcribe:
         item = items[index]
         if not chunks.qualifies(item, audio.duration_s, context.settings):
             return False
-        speech, language = None, None
-        if item.options.language is None:  # decided once, for every chunk
-            # from the VAD pass the cuts are made from too, not one of detect_language's own
-            speech = speech_of(audio.samples)
-            heard = first_speech(audio.samples, speech)
+
+        def detect(heard: Audio) -> tuple[str, float]:
+            """The recording's language, from its first speech (decided once, for all)."""
             found = registry.get(WHISPER).model.detect_language(heard)
-            language = (found[0], float(found[1]))
+            return found[0], float(found[1])
+
+        context.deferring(index)  # kept before a chunk can end and send the job again
         chunks.start(
             app,
             context.job_ids[index],
             item,
             audio.samples,
             context.settings,
-            language=language,
+            detect=detect if item.options.language is None else None,
             queue=_at(context.queues, index),
             priority=_at(context.priorities, index),
             trimmed_from_s=audio.trimmed_from_s,
-            speech=speech,
         )
         return True
 
