@@ -26,16 +26,26 @@ stretch at the same moment (alternated); 2 x alone / slowest of the two. A fan-o
 is read against it.
 
     .venv/bin/python -m bench.fanout [--minutes 10] [--rounds 2] [--chunk-s 60]
+
+``--against TREE``: only the fan-out on 2 children, its workers running the code of another
+checkout (A) and of this one (B), alternated A B, B A; printed: seconds, when the first
+chunk started, and the children's busy share (their time on chunks over 2 x the wall time).
+The fan-out before its first chunk went out early::
+
+    git worktree add /tmp/before-early 3c78b7f
+    .venv/bin/python -m bench.fanout --against /tmp/before-early --rounds 4
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import heapq
 import os
 import statistics
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -168,8 +178,12 @@ def parent_work(audio: np.ndarray, chunk_s: float, rounds: int) -> dict[str, Any
     }
 
 
-def one_run(stack: Stack, children: int, fanout_after_s: float, chunk_s: float) -> dict[str, Any]:
-    """The recording through one worker with ``children`` single-thread children."""
+def one_run(
+    stack: Stack, children: int, fanout_after_s: float, chunk_s: float, tree: Path | None = None
+) -> dict[str, Any]:
+    """The recording through one worker with ``children`` single-thread children (running
+    the code of checkout ``tree`` when given): seconds, text, and each chunk's seconds and
+    start (after the job was sent; the result's ``date_done`` less its ``elapsed_s``)."""
     env = {
         "MLWORKER_THREADS_PER_CHILD": "1",
         "MLWORKER_TRANSCRIBE_FANOUT_AFTER_S": str(fanout_after_s),
@@ -177,17 +191,59 @@ def one_run(stack: Stack, children: int, fanout_after_s: float, chunk_s: float) 
         "MLWORKER_WHISPER_MAX_DURATION_S": "7200",
         "MLWORKER_TRANSCRIBE_TIME_LIMIT_S": "7200",
     }
-    with stack.worker(f"fanout-{children}", "transcribe", concurrency=children, **env):
+    label = f"fanout-{children}" if tree is None else f"fanout-{children}-{tree.name}"
+    with stack.worker(label, "transcribe", concurrency=children, tree=tree, **env):
+        sent_at = time.time()
         started = time.perf_counter()
         job = stack.celery.send_task(TASK, kwargs={"audio_path": "long.flac", "language": "en"})
         result = job.get(timeout=7200)
         seconds = time.perf_counter() - started
     chunks = int((result.get("fanout") or {}).get("chunks", 0))
-    chunk_s_each = [
-        float(stack.celery.backend.get_task_meta(f"{job.id}:chunk:{i}")["result"]["elapsed_s"])
-        for i in range(chunks)
-    ]
-    return {"seconds": seconds, "text": result["text"], "chunks": chunks, "chunk_s": chunk_s_each}
+    metas = [stack.celery.backend.get_task_meta(f"{job.id}:chunk:{i}") for i in range(chunks)]
+    chunk_s_each = [float(m["result"]["elapsed_s"]) for m in metas]
+    ends = [_ended_at(m) - sent_at for m in metas]
+    starts = [end - took for end, took in zip(ends, chunk_s_each, strict=True)]
+    return {
+        "seconds": seconds,
+        "text": result["text"],
+        "chunks": chunks,
+        "chunk_s": chunk_s_each,
+        "chunk_started_s": [round(s, 2) for s in starts],
+    }
+
+
+def _ended_at(meta: dict[str, Any]) -> float:
+    """A stored result's ``date_done`` as a Unix time (Celery stores UTC)."""
+    done = meta["date_done"]
+    if isinstance(done, str):
+        done = datetime.datetime.fromisoformat(done)
+    if done.tzinfo is None:
+        done = done.replace(tzinfo=datetime.UTC)
+    return float(done.timestamp())
+
+
+def busy_share(run: dict[str, Any], children: int) -> float:
+    """The share of the children's time spent on chunks between the job's send and its
+    end: what the fan-out lost to idling (the parent's serial work, the tail) is the rest."""
+    return float(sum(run["chunk_s"]) / (children * run["seconds"]))
+
+
+def against(tree: Path, minutes: float, rounds: int, chunk_s: float) -> dict[str, Any]:
+    """The fan-out on 2 children with the code of checkout ``tree`` (A) and this one's (B),
+    alternated A B, B A in one run."""
+    audio, _ = recording(minutes)
+    runs: dict[str, list[dict[str, Any]]] = {"other": [], "this": []}
+    with Stack() as stack:
+        write_audio(stack.input_root / "long.flac", audio)
+        for round_ in range(rounds):
+            for name in ("other", "this") if round_ % 2 == 0 else ("this", "other"):
+                run = one_run(stack, 2, 1.0, chunk_s, tree if name == "other" else None)
+                runs[name].append(run)
+                progress(
+                    f"  {name}: {run['seconds']:.1f} s, first chunk started at "
+                    f"{min(run['chunk_started_s']):.2f} s, busy {busy_share(run, 2):.0%}"
+                )
+    return runs
 
 
 def projection(chunk_seconds: Sequence[float], workers: int, overhead_s: float) -> float:
@@ -235,6 +291,10 @@ def run(stack: Stack, minutes: float, rounds: int, chunk_s: float) -> dict[str, 
         "machine_ceiling": ceiling,
         "parent_work": parent,
         "one_child_vs_single_pass": single["seconds"] / one,
+        "two_children_first_chunk_s": round(
+            statistics.fmean(min(r["chunk_started_s"]) for r in runs[2]), 2
+        ),
+        "two_children_busy": round(statistics.fmean(busy_share(r, 2) for r in runs[2]), 3),
         "projected_8_workers_s": round(eight, 1),
         "projected_8_vs_one": one / eight,
     }
@@ -245,7 +305,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--chunk-s", type=float, default=60.0)
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="TREE",
+        help="only compare 2 children running checkout TREE's code with this checkout's",
+    )
     args = parser.parse_args(argv)
+    if args.against is not None:
+        runs = against(args.against.resolve(), args.minutes, args.rounds, args.chunk_s)
+        for name, found_runs in runs.items():
+            seconds = " ".join(f"{r['seconds']:.1f}" for r in found_runs)
+            first = statistics.fmean(min(r["chunk_started_s"]) for r in found_runs)
+            busy = statistics.fmean(busy_share(r, 2) for r in found_runs)
+            print(f"  {name}: {seconds} s; first chunk started at {first:.2f} s; busy {busy:.1%}")
+        other, this = (statistics.fmean(r["seconds"] for r in runs[k]) for k in ("other", "this"))
+        print(f"  {args.against} / this checkout, 2 children: {other / this:.3f}x")
+        return
     with Stack() as stack:
         found = run(stack, args.minutes, args.rounds, args.chunk_s)
     print(f"{found['duration_s']:.0f} s recording, {found['chunks']} chunks of >= {args.chunk_s} s")
@@ -260,7 +336,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"  fan-out, {children} child(ren): {seconds} s; WER {wer:.4f} "
             f"({wer - found['single_pass_wer']:+.4f} vs single pass)"
         )
-    print(f"  2 children / 1 child: {found['two_vs_one']:.2f}x")
+    print(
+        f"  2 children / 1 child: {found['two_vs_one']:.2f}x (2 children: first chunk started "
+        f"at {found['two_children_first_chunk_s']:.2f} s, busy {found['two_children_busy']:.1%})"
+    )
     print(
         f"  machine ceiling (two single-thread decodes at once, no queue): "
         f"{found['machine_ceiling']['ceiling']:.2f}x"

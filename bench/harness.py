@@ -117,11 +117,23 @@ def worker_rss(worker: WorkerProcess) -> dict[str, float]:
 
 
 class BenchWorker(WorkerProcess):
-    """A worker started from ``module`` (``worker.cli`` or a bench entry point)."""
+    """A worker started from ``module`` (``worker.cli`` or a bench entry point); with
+    ``tree``, the code of that checkout (another commit's ``git worktree``) runs it."""
 
-    def __init__(self, module: str, queues: str, env: dict[str, str], log_dir: Path, **kw: Any):
+    def __init__(
+        self,
+        module: str,
+        queues: str,
+        env: dict[str, str],
+        log_dir: Path,
+        tree: Path | None = None,
+        **kw: Any,
+    ):
+        if tree is not None:
+            env = {**env, "PYTHONPATH": str(tree)}
         super().__init__(queues, env, log_dir, **kw)
         self.module = module
+        self.tree = tree
         self.ready_s = 0.0
 
     def start(self, app: Celery, timeout: float = 240.0) -> BenchWorker:
@@ -135,7 +147,12 @@ class BenchWorker(WorkerProcess):
         started = time.perf_counter()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                env=self.env,
+                cwd=self.tree,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.wait_ready(app, timeout)
         self.ready_s = time.perf_counter() - started
@@ -198,11 +215,15 @@ class Stack:
         *,
         concurrency: int = 1,
         module: str = "worker.cli",
+        tree: Path | None = None,
         **env: str,
     ) -> Iterator[BenchWorker]:
-        """A started worker, watched by the RSS sampler, stopped (and queues purged) after."""
+        """A started worker, watched by the RSS sampler, stopped (and queues purged) after;
+        ``tree``: another checkout whose code the worker runs."""
         progress(f"  starting worker {label} ({queue}, concurrency {concurrency})")
-        worker = BenchWorker(module, queue, self.env(**env), self.base, concurrency=concurrency)
+        worker = BenchWorker(
+            module, queue, self.env(**env), self.base, tree=tree, concurrency=concurrency
+        )
         worker.start(self.celery)
         progress(f"  worker {label} ready in {worker.ready_s:.1f} s")
         self.rss.watch(label, worker)

@@ -76,9 +76,13 @@ def table(results: dict[str, Any]) -> str:
     fo = results.get("fanout")
     if fo:
         one, two = (sum(fo["seconds"][k]) / len(fo["seconds"][k]) for k in ("1", "2"))
+        busy = fo.get("two_children_busy")
         lines += [
             f"| transcription {fo['duration_s']:.0f} s recording fanned out ({fo['chunks']} "
             f"chunks), s | 2 children {two:.1f} | 1 child {one:.1f} | {fo['two_vs_one']:.2f}x |",
+            f"| fan-out on 2 children: first chunk started, s; children busy | "
+            f"{_f(fo.get('two_children_first_chunk_s'), 2)} | "
+            f"{_f(busy and 100 * busy, 1)}% | |",
             f"| fanned out on 1 child vs one pass, s (WER {max(fo['wer'].values()):.4f} vs "
             f"{fo['single_pass_wer']:.4f}) | {one:.1f} | single pass {fo['single_pass_s']:.1f} | "
             f"{fo['one_child_vs_single_pass']:.2f}x |",
