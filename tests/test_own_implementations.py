@@ -187,19 +187,42 @@ def _assert_matches_reference(path: Path) -> None:
         assert float(np.corrcoef(ours[:n], reference[:n])[0, 1]) > 0.999, path.name
 
 
+@pytest.fixture(scope="module")
+def long_wavs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """speech_long.flac (35 s) as 16 kHz mono and 44.1 kHz stereo WAV."""
+    folder = tmp_path_factory.mktemp("long_wavs")
+    speech = faster_whisper.decode_audio(str(AUDIO / "speech_long.flac"))
+    _encode(str(folder / "wav-16k.wav"), "wav", "pcm_s16le", SAMPLE_RATE, "mono", "s16", speech)
+    _encode(str(folder / "wav-44k.wav"), "wav", "pcm_s16le", 44_100, "stereo", "s16", speech)
+    return folder
+
+
 @pytest.mark.parametrize(
-    ("path", "exact"),
-    [(AUDIO / "speech_long.flac", True), (SPEECH / MULTILINGUAL["file"], False)],
-    ids=["flac-16k", "mp3-44k"],
+    ("name", "exact", "sought"),
+    [
+        ("flac-16k", True, True),
+        ("wav-16k", True, True),
+        ("wav-44k", False, True),
+        ("mp3-44k", False, False),
+    ],
 )
-def test_a_window_is_the_full_decodes_stretch(path: Path, exact: bool) -> None:
+def test_a_window_is_the_full_decodes_stretch(
+    long_wavs: Path, name: str, exact: bool, sought: bool
+) -> None:
     """A fan-out chunk's window is that stretch of the whole decode: to the sample at 16 kHz,
     within a fraction of a sample from another rate (the resampler starts at a frame); a
-    window past the end is empty."""
+    window past the end is empty. In FLAC and WAV, whose timestamps count samples, a window
+    is decoded from a seek a few seconds before it; in MP3 from the start."""
+    path = {
+        "flac-16k": AUDIO / "speech_long.flac",
+        "mp3-44k": SPEECH / MULTILINGUAL["file"],
+    }.get(name, long_wavs / f"{name}.wav")
     source = AudioSource("audio_path", path=path)
     full = load_audio(source, POLICY).samples
     length_s = len(full) / SAMPLE_RATE
-    for start_s, end_s in ((0.0, length_s / 3), (length_s / 3, 0.8 * length_s), (0.5, 99.0)):
+    windows = [(0.0, length_s / 3), (length_s / 3, 0.8 * length_s), (0.5, 99.0)]
+    windows.append((length_s - 9.7, length_s))  # sought: the seek lands inside the recording
+    for start_s, end_s in windows:
         kept = load_audio(source, POLICY, window=(start_s, end_s)).samples
         wanted = full[round(start_s * SAMPLE_RATE) : round(end_s * SAMPLE_RATE)]
         assert len(kept) == len(wanted)
@@ -212,6 +235,9 @@ def test_a_window_is_the_full_decodes_stretch(path: Path, exact: bool) -> None:
             two_off = [np.abs(kept[2:n] - wanted[: n - 2]), np.abs(kept[: n - 2] - wanted[2:n])]
             assert float(gap.mean()) < min(0.35 * level, *(float(g.mean()) for g in two_off))
     assert len(load_audio(source, POLICY, window=(length_s + 1, length_s + 2)).samples) == 0
+    with av.open(str(path)) as container:  # where the decode of the last window began
+        began = audio_module._seek(container, container.streams.audio[0], windows[-1])
+    assert (0 < began <= length_s - 9.7 - 5.0) if sought else began == 0.0
 
 
 @pytest.mark.parametrize("name", FIXTURES)

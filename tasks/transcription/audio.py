@@ -61,6 +61,12 @@ _PIECE_SAMPLES = 1 << 16
 #: source audio resampled past the last sample kept, so the resampler's filter (32 taps at
 #: the lower rate) sees real input, not the zeros of a flush, around the trim point
 _FILTER_MARGIN_S = 0.1
+#: containers whose frames' timestamps count the samples exactly (PCM in WAV, FLAC's frame
+#: headers): a window of them is decoded from a seek, not from the recording's start
+_EXACT_SEEK_FORMATS = frozenset({"flac", "wav"})
+#: a window is sought to this many seconds before its start (when it starts later than
+#: that): the decoder and the resampler settle on frames that are then only counted
+_SEEK_AHEAD_S = 5.0
 #: a clip filling at most 1/this of its buffer is copied out so the buffer is freed; a longer
 #: one keeps a view (a copy would briefly double it; the unwritten rest is never resident)
 _COPY_FRACTION = 8
@@ -172,6 +178,7 @@ def _decode(
 
     begin_s, stop_s = window if window is not None else (0.0, math.inf)
     clock = _SourceClock()
+    clock.start_at(_seek(container, stream, window))
     converter: _MonoConverter | None = None  # made at the first frame kept
     fed_from_s = 0.0
     frames = _Frames(container, stream)
@@ -274,6 +281,33 @@ def _packets(
         yield packet
 
 
+def _seek(container: InputContainer, stream: AudioStream, window: Window | None) -> float:
+    """For a ``window`` in a container whose timestamps are exact (``_EXACT_SEEK_FORMATS``),
+    seek to the frame holding the second ``_SEEK_AHEAD_S`` before it (or one before that),
+    and return where that frame starts: the decode goes on from there. Elsewhere, or when
+    that frame's time is not known or not before the window, stay at the start (0.0): the
+    window is decoded from the start, as without seeking."""
+    seconds = -1.0 if window is None else window[0] - _SEEK_AHEAD_S
+    if seconds <= 0 or container.format.name not in _EXACT_SEEK_FORMATS:
+        return 0.0
+    if stream.time_base is None:
+        return 0.0
+    target = int(Fraction(seconds).limit_denominator(1_000_000) / stream.time_base)
+    try:
+        container.seek(target, stream=stream, backward=True)
+        first = next(iter(_Frames(container, stream)), None)
+        start = None
+        if first is not None and first.pts is not None and first.time_base is not None:
+            start = first.pts * first.time_base
+        if start is not None and 0 <= start <= target * stream.time_base:
+            container.seek(target, stream=stream, backward=True)
+            return float(start)
+        container.seek(0, stream=stream, backward=True)
+    except av.FFmpegError:
+        container.seek(0, stream=stream, backward=True)
+    return 0.0
+
+
 def _too_long(field: str, seconds: float, policy: DurationPolicy) -> InputTooLarge:
     return InputTooLarge(
         field, f"audio is {seconds:.1f}s, longer than the {policy.max_s:g}s maximum (reject mode)"
@@ -288,6 +322,10 @@ class _SourceClock:
         self._done_s = 0.0  # runs at earlier sample rates
         self._rate = 0
         self._run_samples = 0
+
+    def start_at(self, seconds: float) -> None:
+        """The decode starts ``seconds`` in (after a seek), not at the start."""
+        self._done_s = seconds
 
     @property
     def seconds(self) -> float:
