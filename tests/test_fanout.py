@@ -118,8 +118,9 @@ def test_cut_points_fall_in_pauses_and_cover_the_recording() -> None:
 
 def test_the_head_settles_the_first_cut_or_says_it_cannot() -> None:
     """The first chunk's end found from the head alone is the one pass's; a head whose
-    speech runs on past it (no pause after the cut window), or a recording the head
-    covers, gives None and the whole recording's speech."""
+    speech runs on past it (no pause after the cut window), one too short to read the
+    language from, or a recording the head covers, gives None and the whole recording's
+    speech."""
     audio, _ = _recording()
     cut, head = first_cut(audio, 35.0)
     assert cut is not None and cut / SAMPLE_RATE == cut_points(audio, 35.0)[0].end_s
@@ -128,6 +129,7 @@ def test_the_head_settles_the_first_cut_or_says_it_cannot() -> None:
     assert first_cut(audio, 50.0)[0] is None  # a 125 s head: the whole recording
     whole = speech_of(audio)
     assert first_cut(audio, 50.0)[1] == whole
+    assert first_cut(audio, 8.0) == (None, whole)  # a 20 s head: under 30 s of speech
     talk = np.tile(samples("long_sentences")[: 2 * SAMPLE_RATE], 60)  # no pause of 0.5 s
     found, speech = first_cut(talk, 35.0)
     assert found is None and speech == speech_of(talk)

@@ -27,7 +27,8 @@ PAUSE_MS = 500
 #: a chunk is cut at the longest pause between ``chunk_s`` and this many times it
 LOOK_AHEAD = 1.5
 #: the first chunk's end is looked for in this many times ``chunk_s`` of the recording's
-#: start (``first_cut``): the longest window a cut may be chosen from, and a chunk's worth
+#: start (``first_cut``): the chunk, the window its cut is chosen from, and a chunk's
+#: length more for the first pause after the chunk to fall in
 HEAD = LOOK_AHEAD + 1.0
 #: seconds of speech the language is detected from: one Whisper window, what
 #: faster-whisper's ``detect_language`` reads
@@ -83,16 +84,23 @@ def cut_points(samples: Audio, chunk_s: float, speech: Speech | None = None) -> 
 def first_cut(samples: Audio, chunk_s: float) -> tuple[int | None, Speech]:
     """Where the first chunk ends, decided from the VAD of the recording's head only
     (``HEAD`` x ``chunk_s``), so that chunk can start before the rest has been read, and
-    the head's speech (the first ``LANGUAGE_WINDOW_S`` of it is there). The end is the one
-    ``cut_points`` chooses. None, and the whole recording's speech, when the head does not
-    settle it (speech starts again only past the head, after the pauses a cut may choose
-    from) or when less than ``chunk_s`` would follow it."""
+    the head's speech. The end is the one ``cut_points`` chooses. None, and the whole
+    recording's speech, when the head does not settle it (speech starts again only past the
+    head, after the pauses a cut may choose from), when less than ``chunk_s`` would follow
+    it, or when the head holds less than the ``LANGUAGE_WINDOW_S`` of speech the language
+    is read from."""
     target = int(chunk_s * SAMPLE_RATE)
     head = samples[: int(HEAD * target)]
     speech = speech_of(head)
     pauses = _pauses(speech)
     cut = _next_cut(pauses, 0, target)
-    if len(head) < len(samples) and cut is not None and len(samples) - cut >= target:
+    heard = sum(span["end"] - span["start"] for span in speech)
+    if (
+        len(head) < len(samples)
+        and heard >= LANGUAGE_WINDOW_S * SAMPLE_RATE
+        and cut is not None
+        and len(samples) - cut >= target
+    ):
         first = next(p for p in pauses if _middle(p) >= target)
         end = _middle(first) + (LOOK_AHEAD - 1) * target
         if any(span["start"] > end for span in speech):
