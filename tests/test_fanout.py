@@ -411,6 +411,37 @@ def test_a_job_delivered_again_sends_the_same_chunks(
     assert client_app.backend.get_task_meta(job_id)["result"]["chunks_done"] == 2
 
 
+def test_a_job_delivered_again_before_its_rest_was_planned_keeps_its_first_chunk(
+    client_app: Celery, recording: tuple[str, str], input_root: Path
+) -> None:
+    """The child died after the first chunk went out, before the rest was planned: the run
+    again keeps that chunk's end and the language the first run decided, and sends every
+    chunk (the first again: admission skips it if it has its result)."""
+    from uuid import uuid4
+
+    class Died(Exception):
+        pass
+
+    def die(options: dict[str, Any]) -> None:
+        raise Died
+
+    job_id = f"half-planned-{uuid4()}"
+    dying = _Sending(client_app, die)
+    with pytest.raises(Died):
+        _start(dying, job_id, recording[0], input_root, "en")
+    [early] = dying.sent
+    assert early["task_id"] == f"{job_id}:chunk:0"
+    app = _Sending(client_app)
+    assert _start(app, job_id, recording[0], input_root, "de") == _chunk_count()
+    assert sorted(m["task_id"] for m in app.sent) == [
+        f"{job_id}:chunk:{i}" for i in range(_chunk_count())
+    ]
+    again = next(m for m in app.sent if m["task_id"] == early["task_id"])
+    assert again["kwargs"] == early["kwargs"]  # same end, same token, language "en"
+    bounds = [(m["kwargs"]["fanout"]["start_s"], m["kwargs"]["fanout"]["end_s"]) for m in app.sent]
+    assert sorted(bounds) == _chunk_bounds()
+
+
 def test_the_first_chunk_goes_out_before_the_rest_is_planned(
     client_app: Celery, recording: tuple[str, str], input_root: Path
 ) -> None:
