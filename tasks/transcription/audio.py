@@ -61,9 +61,9 @@ _PIECE_SAMPLES = 1 << 16
 #: source audio resampled past the last sample kept, so the resampler's filter (32 taps at
 #: the lower rate) sees real input, not the zeros of a flush, around the trim point
 _FILTER_MARGIN_S = 0.1
-#: containers whose frames' timestamps count the samples exactly (PCM in WAV, FLAC's frame
-#: headers): a window of them is decoded from a seek, not from the recording's start
-_EXACT_SEEK_FORMATS = frozenset({"flac", "wav"})
+#: (container, codec prefix) whose frames' timestamps count the samples exactly (FLAC's
+#: frame headers, PCM in WAV): a window of them is decoded from a seek, not from the start
+_EXACT_SEEK_FORMATS = frozenset({("flac", "flac"), ("wav", "pcm_")})
 #: a window is sought to this many seconds before its start (when it starts later than
 #: that): the decoder and the resampler settle on frames that are then only counted
 _SEEK_AHEAD_S = 5.0
@@ -289,9 +289,12 @@ def _seek(container: InputContainer, stream: AudioStream, window: Window | None)
     that frame's time is not known or not before the window, stay at the start (0.0): the
     window is decoded from the start, as without seeking."""
     seconds = -1.0 if window is None else window[0] - _SEEK_AHEAD_S
-    if seconds <= 0 or container.format.name not in _EXACT_SEEK_FORMATS:
-        return 0.0
-    if stream.time_base is None:
+    codec = stream.codec_context.name
+    exact = any(
+        container.format.name == name and codec.startswith(prefix)
+        for name, prefix in _EXACT_SEEK_FORMATS
+    )
+    if seconds <= 0 or not exact or stream.time_base is None:
         return 0.0
     target = int(Fraction(seconds).limit_denominator(1_000_000) / stream.time_base)
     try:
