@@ -289,12 +289,13 @@ def _seek(container: InputContainer, stream: AudioStream, window: Window | None)
     that frame's time is not known or not before the window, stay at the start (0.0): the
     window is decoded from the start, as without seeking."""
     seconds = -1.0 if window is None else window[0] - _SEEK_AHEAD_S
+    if seconds <= 0 or stream.time_base is None:
+        return 0.0
     codec = stream.codec_context.name
-    exact = any(
+    if not any(
         container.format.name == name and codec.startswith(prefix)
         for name, prefix in _EXACT_SEEK_FORMATS
-    )
-    if seconds <= 0 or not exact or stream.time_base is None:
+    ):
         return 0.0
     target = int(Fraction(seconds).limit_denominator(1_000_000) / stream.time_base)
     try:
