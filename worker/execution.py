@@ -155,23 +155,25 @@ class Executor(Generic[Item]):
         for job in admitted:
             if job.hooks.kill_child:
                 kill_this_child(job.ticket.id)
-        started = time.perf_counter()
-        outcomes = run_isolated(admitted, lambda sub: self._attempt(sub, mode))
-        produced = [
-            (job.ticket, self._envelope(outcome, started))
-            for job, outcome in zip(admitted, outcomes, strict=True)
-            if isinstance(outcome, Produced)
-        ]
-        if produced:
-            sink.successes(produced)
-        for job, outcome in zip(admitted, outcomes, strict=True):
-            if isinstance(outcome, Deferred):
-                self._defer(job.ticket, outcome, sink)
-            elif isinstance(outcome, MemoryError):
-                sink.failure(job.ticket, _out_of_memory(outcome))
-            elif isinstance(outcome, BaseException):
-                sink.failure(job.ticket, outcome)
-        self._kept.difference_update(job.ticket.id for job in admitted)
+        try:
+            started = time.perf_counter()
+            outcomes = run_isolated(admitted, lambda sub: self._attempt(sub, mode))
+            produced = [
+                (job.ticket, self._envelope(outcome, started))
+                for job, outcome in zip(admitted, outcomes, strict=True)
+                if isinstance(outcome, Produced)
+            ]
+            if produced:
+                sink.successes(produced)
+            for job, outcome in zip(admitted, outcomes, strict=True):
+                if isinstance(outcome, Deferred):
+                    self._defer(job.ticket, outcome, sink)
+                elif isinstance(outcome, MemoryError):
+                    sink.failure(job.ticket, _out_of_memory(outcome))
+                elif isinstance(outcome, BaseException):
+                    sink.failure(job.ticket, outcome)
+        finally:  # kept for this run only, whatever ends it
+            self._kept.difference_update(job.ticket.id for job in admitted)
         self.guard.job_done(len(admitted))  # one gc check per group: a full gc costs ~0.1-0.3 s
 
     def _keep(self, ticket: Ticket) -> None:
