@@ -120,11 +120,11 @@ def load_audio(
     first copied to a temporary file within ``source.max_bytes`` (``worker.storage.spool``).
 
     With ``window`` only that stretch is kept: decoding starts from a seek shortly before it
-    in FLAC and WAV (``_seek``), from the start elsewhere; frames before it are decoded and
-    counted but not resampled, decoding stops after it. The samples are the full decode's own from a
-    16 kHz source, within half a sample from another rate (the resampler starts at a frame,
-    ``_FILTER_MARGIN_S`` early). Empty when the recording ends
-    before the window starts. The minimum length is not checked (the recording's was).
+    in FLAC and PCM WAV (``_seek``), from the start elsewhere; frames before it are decoded
+    and counted but not resampled, decoding stops after it. The samples are the full
+    decode's own from a 16 kHz source, within half a sample from another rate (the resampler
+    starts at a frame, ``_FILTER_MARGIN_S`` early). Empty when the recording ends before the
+    window starts. The minimum length is not checked (the recording's was).
     """
     field = source.field
     if source.url is not None:  # spooled to a temporary file: PyAV seeks in it as in any
